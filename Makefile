@@ -1,0 +1,37 @@
+# anime-gan-tf2: every target here works; `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Set TF_PACKAGE=tensorflow (GPU-capable build) instead of the lighter CPU-only default if you like.
+TF_PACKAGE ?= tensorflow-cpu
+
+.PHONY: help install test test-slow test-all train data bench golden clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: setup.py setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the package with its test extras
+
+test: $(VENV)/.installed  ## run the default test suite (slow tests excluded)
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed  ## run only the slow end-to-end tests
+	$(PY) -m pytest -m slow -q $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed  ## run every test, slow ones included
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+golden: $(VENV)/.installed  ## regenerate anime_gan/golden/ from the official graph in ../shared
+	$(PY) tools/make_golden.py
+
+clean:  ## remove the virtualenv and caches (keeps dataset/ and checkpoints/)
+	rm -rf $(VENV) .pytest_cache build *.egg-info
+

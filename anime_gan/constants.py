@@ -1,0 +1,40 @@
+"""Facts of the original AnimeGAN, in one place (see ORIGINAL.md in the shared notes)."""
+
+# Instance norm epsilons of the official generator: the plain conv blocks and the inverted residual
+# blocks use slim's default 1e-5; the separable conv blocks were written with 1e-6.
+IN_EPSILON = 1e-5
+SEPCONV_IN_EPSILON = 1e-6
+
+LEAKY_ALPHA = 0.2
+
+# Generator facts.
+GENERATOR_PARAMS = 3_956_096
+GENERATOR_VARIABLES = 129
+N_INVERTED_RESIDUAL = 8
+# The generator halves the resolution twice: outputs are 4*floor(H/4) x 4*floor(W/4).
+GENERATOR_STRIDE = 4
+
+# Names of the official graph's tensors.
+TF1_INPUT = "generator_input:0"
+TF1_OUTPUT = "generator/G_MODEL/Tanh:0"
+TF1_SCOPE = "generator/G_MODEL/"
+
+# Perceptual network: Caffe VGG19 preprocessing (BGR mean).
+VGG_MEAN_BGR = (103.939, 116.779, 123.68)
+VGG19_NPY_URL = "https://github.com/TachibanaYoshino/AnimeGAN/releases/download/vgg16%2F19.npy/vgg19.npy"
+DATASET_URL = "https://github.com/TachibanaYoshino/AnimeGAN/releases/download/dataset-1/dataset.zip"
+
+# Loss weights and schedule of the official code (paper values differ; see configs/*.cfg).
+G_ADV_WEIGHT = 300.0
+D_ADV_WEIGHT = 300.0
+CON_WEIGHT = 1.5
+STY_WEIGHT = 3.0
+COLOR_WEIGHT = 10.0
+SMOOTH_D_WEIGHT = 0.1  # weight of D(grayscale smooth) in the discriminator loss
+GP_WEIGHT = 10.0  # `ld`
+GAN_TYPES = ("lsgan", "gan", "hinge", "wgan-gp", "wgan-lp", "dragan")
+
+# TF1's Adam epsilon (Keras' default is 1e-7).
+ADAM_EPSILON = 1e-8
+ADAM_BETA1 = 0.5
+ADAM_BETA2 = 0.999

@@ -1,0 +1,102 @@
+"""The AnimeGAN generator, identical to the official graph (3,956,096 parameters, 129 variables)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from anime_gan import constants as C
+from anime_gan.layers import (
+    ConvNormLReLU,
+    DownConv,
+    InvertedResBlock,
+    SepConvNormLReLU,
+    UpConv,
+    _Block,
+    _xavier,
+)
+
+
+class _Scope(_Block):
+    """A named group of blocks: one of the official graph's scopes b1, b2, m, u2, u1."""
+
+    def __init__(self, scope, blocks, **kwargs):
+        super().__init__(name=scope, **kwargs)
+        self.tf1_prefix = f"{scope}/"
+        self.blocks = blocks
+
+    def _blocks(self):
+        return self.blocks
+
+    def call(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class Generator(keras.Model):
+    """Photo -> anime generator. Input and output are images in [-1, 1], NHWC.
+
+    Blocks (official scope names): b1 = Conv64, Conv64, DownConv128; b2 = Conv128, SepConv128,
+    DownConv256; m = Conv256, 8 x IRB, Conv256; u2 = UpConv128, SepConv128, Conv128;
+    u1 = UpConv128, Conv64, Conv64; out = 1x1 conv to 3 channels (no norm), tanh.
+    Sides that are not multiples of 4 lose their last rows/columns, as in the original.
+    Under a mixed precision policy the output is float32.
+    """
+
+    def __init__(self, name="generator", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.b1 = _Scope("b1", [
+            ConvNormLReLU(64, "Conv", "InstanceNorm"),
+            ConvNormLReLU(64, "Conv_1", "InstanceNorm_1"),
+            DownConv(128, "SeparableConv2d", "SeparableConv2d_1"),
+        ])
+        self.b2 = _Scope("b2", [
+            ConvNormLReLU(128, "Conv", "InstanceNorm"),
+            SepConvNormLReLU(128, "SeparableConv2d"),
+            DownConv(256, "SeparableConv2d_1", "SeparableConv2d_2"),
+        ])
+        self.m = _Scope("m", [
+            ConvNormLReLU(256, "Conv", "InstanceNorm"),
+            *[InvertedResBlock(f"r{i}") for i in range(1, C.N_INVERTED_RESIDUAL + 1)],
+            ConvNormLReLU(256, "Conv_1", "InstanceNorm_1"),
+        ])
+        self.u2 = _Scope("u2", [
+            UpConv(128, "SeparableConv2d"),
+            SepConvNormLReLU(128, "SeparableConv2d_1"),
+            ConvNormLReLU(128, "Conv", "InstanceNorm"),
+        ])
+        self.u1 = _Scope("u1", [
+            UpConv(128, "SeparableConv2d"),
+            ConvNormLReLU(64, "Conv", "InstanceNorm"),
+            ConvNormLReLU(64, "Conv_1", "InstanceNorm_1"),
+        ])
+        self.scopes = [self.b1, self.b2, self.m, self.u2, self.u1]
+
+    def build(self, input_shape=(None, None, None, 3)):
+        input_shape = tuple(input_shape)
+        # The output conv is the only weight held by the model itself.
+        self.out_kernel = self.add_weight(name="Conv_weights", shape=(1, 1, 64, 3), initializer=_xavier())
+        # Build every block by tracing a tiny input; shapes are static per channel count.
+        super().build(input_shape)
+        self(tf.zeros((1, 8, 8, input_shape[-1] or 3)))
+
+    def call(self, x):
+        x = tf.cast(x, self.compute_dtype)
+        for scope in self.scopes:
+            x = scope(x)
+        x = tf.nn.conv2d(x, tf.cast(self.out_kernel, x.dtype), strides=1, padding="VALID")
+        return tf.cast(tf.tanh(x), tf.float32)
+
+    def tf1_variable_map(self):
+        """{official variable name: our variable}, all 129 of them."""
+        if not self.built:
+            self.build()
+        mapping = {C.TF1_SCOPE + "Conv/weights": self.out_kernel}
+        for scope in self.scopes:
+            for name, var in scope.tf1_names():
+                full = C.TF1_SCOPE + scope.tf1_prefix + name
+                if full in mapping:
+                    raise AssertionError(f"duplicate TF1 name {full}")
+                mapping[full] = var
+        return mapping

@@ -1,0 +1,232 @@
+"""The building blocks the AnimeGAN paper names, written to match the official TF1 graph op for op.
+
+Every layer here keeps its weights as plain variables named as in the official graph (see
+`tf1_names`), so that the converter can map a TF1 checkpoint one-to-one. The computation uses the
+same TensorFlow ops as the original graph (reflect `MirrorPad` + VALID convolutions, `tf.nn.moments`
++ `tf.nn.batch_normalization` for instance norm, TF1 bilinear resize), which is what makes our
+float32 output equal the official graph's bit for bit rather than merely close.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from anime_gan import constants as C
+
+
+def legacy_resize_bilinear(x, height, width):
+    """TF1's `resize_images` bilinear (align_corners=False, half_pixel_centers=False).
+
+    TF2's `tf.image.resize` uses half-pixel centres and gives other values; the official
+    generator was trained (and its graph is built) with the legacy sampling.
+    """
+    y = tf.raw_ops.ResizeBilinear(
+        images=x, size=tf.stack([height, width]), align_corners=False, half_pixel_centers=False
+    )
+    # The kernel always returns float32; keep the caller's dtype under a mixed policy.
+    return tf.cast(y, x.dtype) if x.dtype != y.dtype else y
+
+
+def reflect_pad(x, top, bottom, left, right):
+    if top == bottom == left == right == 0:
+        return x
+    return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="REFLECT")
+
+
+def instance_norm(x, gamma, beta, epsilon):
+    """Instance norm exactly as the official graph computes it.
+
+    `tf.nn.moments` over H and W followed by `tf.nn.batch_normalization`. Algebraically equal forms
+    drift by up to 4e-4 on small inputs, where the 2x3 maps of the middle blocks make the variance
+    ill-conditioned. Under a mixed policy the statistics are taken in float32.
+    """
+    dtype = x.dtype
+    if dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
+    mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+    y = tf.nn.batch_normalization(x, mean, var, beta, gamma, epsilon)
+    return tf.cast(y, dtype) if dtype != tf.float32 else y
+
+
+def _xavier():
+    # slim's default weights initializer is Xavier/Glorot uniform.
+    return keras.initializers.GlorotUniform()
+
+
+class _Block(keras.layers.Layer):
+    """A layer whose variables carry their official TF1 names (relative to G_MODEL/<scope>/)."""
+
+    def _weight(self, tf1_name, shape, initializer, trainable=True):
+        var = self.add_weight(
+            name=tf1_name.replace("/", "_"), shape=shape, initializer=initializer, trainable=trainable
+        )
+        self._tf1_names = getattr(self, "_tf1_names", [])
+        self._tf1_names.append((tf1_name, var))
+        return var
+
+    def tf1_names(self):
+        """[(name relative to the block's TF1 scope, variable)] in creation order."""
+        names = list(getattr(self, "_tf1_names", []))
+        for child in self._blocks():
+            names.extend((child.tf1_prefix + n, v) for n, v in child.tf1_names())
+        return names
+
+    def _blocks(self):
+        return []
+
+
+class InstanceNorm(_Block):
+    """Learned gamma/beta instance norm (gamma 1, beta 0 at init)."""
+
+    def __init__(self, tf1_prefix, epsilon=C.IN_EPSILON, **kwargs):
+        super().__init__(**kwargs)
+        self.tf1_prefix = tf1_prefix
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.gamma = self._weight("gamma", (c,), "ones")
+        self.beta = self._weight("beta", (c,), "zeros")
+
+    def call(self, x):
+        return instance_norm(x, self.gamma, self.beta, self.epsilon)
+
+
+class ConvNormLReLU(_Block):
+    """`Conv(c)`: reflect pad (k-1)//2, k x k conv stride 1 (no bias), instance norm, LeakyReLU 0.2.
+
+    tf1_conv / tf1_norm are the scope names in the official graph ("Conv", "InstanceNorm_1", ...).
+    """
+
+    def __init__(self, filters, tf1_conv, tf1_norm, kernel_size=3, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.tf1_prefix = ""
+        self.tf1_conv = tf1_conv
+        self.norm = InstanceNorm(tf1_norm + "/", C.IN_EPSILON)
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.kernel = self._weight(f"{self.tf1_conv}/weights", (k, k, input_shape[-1], self.filters), _xavier())
+        self.norm.build(input_shape[:-1] + (self.filters,))
+
+    def _blocks(self):
+        return [self.norm]
+
+    def call(self, x):
+        p = (self.kernel_size - 1) // 2
+        x = reflect_pad(x, p, p, p, p)
+        x = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=1, padding="VALID")
+        return tf.nn.leaky_relu(self.norm(x), alpha=C.LEAKY_ALPHA)
+
+
+class SepConvNormLReLU(_Block):
+    """`SepConv(c, stride)`: depthwise 3x3 + pointwise 1x1, instance norm (eps 1e-6), LeakyReLU.
+
+    Stride 1 pads by reflection 1 on every side; stride 2 pads 0 on top/left and 1 on bottom/right.
+    """
+
+    def __init__(self, filters, tf1_scope, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.tf1_prefix = ""
+        self.tf1_scope = tf1_scope
+        self.norm = InstanceNorm(f"{tf1_scope}/InstanceNorm/", C.SEPCONV_IN_EPSILON)
+
+    def build(self, input_shape):
+        cin = input_shape[-1]
+        s = self.tf1_scope
+        self.depthwise = self._weight(f"{s}/depthwise_weights", (3, 3, cin, 1), _xavier())
+        self.pointwise = self._weight(f"{s}/pointwise_weights", (1, 1, cin, self.filters), _xavier())
+        self.norm.build(input_shape[:-1] + (self.filters,))
+
+    def _blocks(self):
+        return [self.norm]
+
+    def call(self, x):
+        if self.strides == 1:
+            x = reflect_pad(x, 1, 1, 1, 1)
+        else:
+            x = reflect_pad(x, 0, 1, 0, 1)
+        s = self.strides
+        x = tf.nn.separable_conv2d(
+            x,
+            tf.cast(self.depthwise, x.dtype),
+            tf.cast(self.pointwise, x.dtype),
+            strides=[1, s, s, 1],
+            padding="VALID",
+        )
+        return tf.nn.leaky_relu(self.norm(x), alpha=C.LEAKY_ALPHA)
+
+
+class DownConv(_Block):
+    """`DownConv(c) = SepConv(c, 2)(x) + SepConv(c, 1)(resize(x, H//2, W//2))`."""
+
+    def __init__(self, filters, tf1_strided, tf1_resized, **kwargs):
+        super().__init__(**kwargs)
+        self.tf1_prefix = ""
+        self.strided = SepConvNormLReLU(filters, tf1_strided, strides=2)
+        self.resized = SepConvNormLReLU(filters, tf1_resized, strides=1)
+
+    def _blocks(self):
+        return [self.strided, self.resized]
+
+    def call(self, x):
+        shape = tf.shape(x)
+        half = legacy_resize_bilinear(x, shape[1] // 2, shape[2] // 2)
+        return self.strided(x) + self.resized(half)
+
+
+class UpConv(_Block):
+    """`UpConv(c) = SepConv(c, 1)(resize(x, 2H, 2W))`."""
+
+    def __init__(self, filters, tf1_scope, **kwargs):
+        super().__init__(**kwargs)
+        self.tf1_prefix = ""
+        self.conv = SepConvNormLReLU(filters, tf1_scope, strides=1)
+
+    def _blocks(self):
+        return [self.conv]
+
+    def call(self, x):
+        shape = tf.shape(x)
+        return self.conv(legacy_resize_bilinear(x, shape[1] * 2, shape[2] * 2))
+
+
+class InvertedResBlock(_Block):
+    """Inverted residual block 256 -> 512 -> 256 with a 3x3 depthwise in the middle (scope `r<i>`)."""
+
+    def __init__(self, name_in_graph, expansion=512, **kwargs):
+        super().__init__(**kwargs)
+        r = name_in_graph
+        self.tf1_prefix = f"{r}/"
+        self.r = r
+        self.expansion = expansion
+        self.expand = ConvNormLReLU(expansion, "Conv", "InstanceNorm", kernel_size=1)
+        self.norm_dw = InstanceNorm("1/", C.IN_EPSILON)
+        self.norm_project = InstanceNorm("2/", C.IN_EPSILON)
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.expand.build(input_shape)
+        # The official code initialises this depthwise kernel with a truncated normal, stddev 0.02.
+        self.depthwise = self._weight(
+            f"{self.r}/w", (3, 3, self.expansion, 1), keras.initializers.TruncatedNormal(stddev=0.02)
+        )
+        self.norm_dw.build(input_shape[:-1] + (self.expansion,))
+        self.project = self._weight("Conv_1/weights", (1, 1, self.expansion, c), _xavier())
+        self.norm_project.build(input_shape)
+
+    def _blocks(self):
+        return [self.expand, self.norm_dw, self.norm_project]
+
+    def call(self, x):
+        h = self.expand(x)
+        h = reflect_pad(h, 1, 1, 1, 1)
+        h = tf.nn.depthwise_conv2d(h, tf.cast(self.depthwise, h.dtype), strides=[1, 1, 1, 1], padding="VALID")
+        h = tf.nn.leaky_relu(self.norm_dw(h), alpha=C.LEAKY_ALPHA)
+        h = tf.nn.conv2d(h, tf.cast(self.project, h.dtype), strides=1, padding="VALID")
+        return self.norm_project(h) + x

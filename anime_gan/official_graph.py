@@ -1,0 +1,92 @@
+"""Runs the official AnimeGAN generator graph (a TF1 MetaGraphDef) in TensorFlow 2 via tf.compat.v1.
+
+This is our ground truth: tests and benchmarks compare our Keras Generator against it. The graph
+lives in its own `tf.Graph` and `tf.compat.v1.Session`, so the rest of the process stays eager.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from anime_gan import constants as C
+
+
+def random_official_weights(shapes, seed):
+    """Seeded random values for the official variables, drawn independently of our own code.
+
+    Conv kernels get a Xavier-like uniform scale, instance norm gammas are spread around 1 and betas
+    around 0, so that every parameter kind influences the output.
+    """
+    rng = np.random.default_rng(seed)
+    values = {}
+    for name in sorted(shapes):
+        shape = tuple(shapes[name])
+        if name.endswith("/gamma"):
+            v = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith("/beta"):
+            v = rng.normal(0.0, 0.2, shape)
+        else:
+            receptive = shape[0] * shape[1]
+            depthwise = "depthwise" in name or name.endswith("/w")
+            fan_in = receptive * (1 if depthwise else shape[2])
+            fan_out = receptive * (1 if depthwise else shape[3])
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            v = rng.uniform(-limit, limit, shape)
+        values[name] = v.astype(np.float32)
+    return values
+
+
+class OfficialGenerator:
+    """The official generator graph with weights of our choosing.
+
+    >>> og = OfficialGenerator(meta_path)
+    >>> og.randomize(seed=0)          # or og.assign({name: array})
+    >>> y = og(x)                     # x float32 [N, H, W, 3] in [-1, 1]
+    >>> og.save("/tmp/ckpt/Hayao")    # a complete checkpoint in the official layout
+    """
+
+    def __init__(self, meta_path):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.saver = tf.compat.v1.train.import_meta_graph(str(meta_path), clear_devices=True)
+            self.input = self.graph.get_tensor_by_name(C.TF1_INPUT)
+            self.output = self.graph.get_tensor_by_name(C.TF1_OUTPUT)
+            self.variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+            # One placeholder + assign op per variable, so assigning never grows the graph.
+            self._assign = {}
+            for name, var in self.variables.items():
+                ph = tf.compat.v1.placeholder(var.dtype.base_dtype, var.shape)
+                self._assign[name] = (ph, var.assign(ph))
+            self.session = tf.compat.v1.Session(graph=self.graph)
+
+    @property
+    def shapes(self):
+        return {name: tuple(v.shape.as_list()) for name, v in self.variables.items()}
+
+    def assign(self, values):
+        missing = set(self.variables) - set(values)
+        if missing:
+            raise ValueError(f"no value given for official variables {sorted(missing)}")
+        ops, feed = [], {}
+        for name, (ph, op) in self._assign.items():
+            ops.append(op)
+            feed[ph] = values[name]
+        self.session.run(ops, feed)
+
+    def randomize(self, seed=0):
+        values = random_official_weights(self.shapes, seed)
+        self.assign(values)
+        return values
+
+    def __call__(self, x):
+        return self.session.run(self.output, {self.input: np.asarray(x, np.float32)})
+
+    def save(self, prefix):
+        """Writes a TF1 checkpoint (index + data) in the official layout; returns its prefix."""
+        with self.graph.as_default():
+            saver = tf.compat.v1.train.Saver(var_list=list(self.variables.values()))
+            return saver.save(self.session, str(prefix), write_meta_graph=False)
+
+    def close(self):
+        self.session.close()

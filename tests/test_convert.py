@@ -1,0 +1,117 @@
+"""The converter: official TF1 checkpoints in, our weights out; anything else refused by name."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from anime_gan import Generator
+from anime_gan.weights import (
+    CheckpointMismatchError,
+    WEIGHTS_FILENAME,
+    generator_to_tf1,
+    load_generator,
+    read_tf1_checkpoint,
+    tf1_to_generator,
+)
+
+
+def _write_tf1_checkpoint(values, prefix):
+    """A TF1 checkpoint holding exactly `values`, written by TF1's Saver (independent of our code)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = [tf.compat.v1.Variable(v, name=n) for n, v in values.items()]
+        saver = tf.compat.v1.train.Saver(var_list={v.op.name: v for v in variables})
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            return saver.save(sess, str(prefix), write_meta_graph=False)
+
+
+@pytest.fixture(scope="module")
+def official_values():
+    g = Generator()
+    g.build()
+    rng = np.random.default_rng(11)
+    return {n: rng.normal(0, 0.1, v.shape).astype(np.float32) for n, v in g.tf1_variable_map().items()}
+
+
+def test_round_trip_through_a_tf1_checkpoint(official_values, tmp_path):
+    prefix = _write_tf1_checkpoint(official_values, tmp_path / "ckpt" / "model")
+    read = read_tf1_checkpoint(prefix)
+    g = load_generator(prefix)
+    back = generator_to_tf1(g)
+    assert set(read) == set(back) == set(official_values)
+    for n, v in official_values.items():
+        np.testing.assert_array_equal(back[n], v)
+
+
+def test_training_checkpoint_extras_are_ignored(official_values, tmp_path):
+    """A full training checkpoint also holds D and Adam slots; only the generator is taken."""
+    values = dict(official_values)
+    values["generator/G_MODEL/b1/Conv/weights/Adam"] = np.zeros((3, 3, 3, 64), np.float32)
+    values["discriminator/conv_0/w"] = np.zeros((3, 3, 3, 32), np.float32)
+    prefix = _write_tf1_checkpoint(values, tmp_path / "model")
+    g = load_generator(prefix)
+    np.testing.assert_array_equal(generator_to_tf1(g)["generator/G_MODEL/Conv/weights"],
+                                  official_values["generator/G_MODEL/Conv/weights"])
+
+
+def test_mismatched_checkpoints_are_refused_by_name(official_values):
+    missing = dict(official_values)
+    del missing["generator/G_MODEL/m/r3/r3/w"]
+    with pytest.raises(CheckpointMismatchError, match="missing 1: generator/G_MODEL/m/r3/r3/w"):
+        tf1_to_generator(missing)
+
+    extra = dict(official_values)
+    extra["generator/G_MODEL/A/Conv/weights"] = np.zeros((3, 3, 3, 32), np.float32)
+    with pytest.raises(CheckpointMismatchError, match="unexpected 1: generator/G_MODEL/A/Conv/weights"):
+        tf1_to_generator(extra)
+
+    shaped = dict(official_values)
+    shaped["generator/G_MODEL/u1/Conv/weights"] = np.zeros((3, 3, 64, 64), np.float32)
+    with pytest.raises(CheckpointMismatchError, match=r"wrong shape 1: generator/G_MODEL/u1/Conv/weights \(3, 3, 64, 64\)"):
+        tf1_to_generator(shaped)
+
+
+def test_an_animeganv2_style_checkpoint_is_refused(tmp_path):
+    # AnimeGANv2's generator uses other scopes (A, B, C, D, E, out_layer) and other shapes.
+    values = {
+        "generator/G_MODEL/A/Conv/weights": np.zeros((7, 7, 3, 32), np.float32),
+        "generator/G_MODEL/out_layer/Conv/weights": np.zeros((1, 1, 32, 3), np.float32),
+    }
+    prefix = _write_tf1_checkpoint(values, tmp_path / "v2")
+    with pytest.raises(CheckpointMismatchError, match="not an official AnimeGAN"):
+        load_generator(prefix)
+
+
+def test_missing_paths_say_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no generator weights at"):
+        load_generator(tmp_path / "nothing.weights.h5")
+    with pytest.raises(FileNotFoundError, match="neither generator.weights.h5 nor a TF1 checkpoint"):
+        load_generator(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no TF1 checkpoint at"):
+        read_tf1_checkpoint(tmp_path / "absent")
+
+
+def test_convert_command(official_values, tmp_path):
+    prefix = _write_tf1_checkpoint(official_values, tmp_path / "official" / "Hayao-60")
+    out = tmp_path / "converted"
+    run = subprocess.run(
+        [sys.executable, "-m", "anime_gan.convert", f"--tf1_checkpoint={prefix}", f"--output={out}",
+         "--nosaved_model"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (out / WEIGHTS_FILENAME).exists()
+    back = generator_to_tf1(load_generator(out))
+    for n, v in official_values.items():
+        np.testing.assert_array_equal(back[n], v)
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "anime_gan.convert", f"--tf1_checkpoint={tmp_path}/nope", f"--output={out}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode != 0
+    assert "no TF1 checkpoint at" in bad.stderr
