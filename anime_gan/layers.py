@@ -229,4 +229,8 @@ class InvertedResBlock(_Block):
         h = tf.nn.depthwise_conv2d(h, tf.cast(self.depthwise, h.dtype), strides=[1, 1, 1, 1], padding="VALID")
         h = tf.nn.leaky_relu(self.norm_dw(h), alpha=C.LEAKY_ALPHA)
         h = tf.nn.conv2d(h, tf.cast(self.project, h.dtype), strides=1, padding="VALID")
-        return self.norm_project(h) + x
+        # Grappler's arithmetic optimizer would reassociate (h*s + t) + x into (h*s + x) + t when
+        # shapes are static (to minimise broadcasts), which changes the float32 rounding and drifts
+        # 1e-5 from the official graph; EnsureShape is a no-copy op it cannot see through.
+        h = self.norm_project(h)
+        return tf.ensure_shape(h, h.shape) + x
