@@ -1,5 +1,26 @@
-"""anime_gan: a faithful TensorFlow 2 / Keras 3 reproduction of AnimeGAN."""
+"""anime_gan: a faithful TensorFlow 2 / Keras 3 reproduction of AnimeGAN.
+
+The public names are loaded on first use, so `import anime_gan` stays cheap for the
+command-line tools that only need part of the package.
+"""
 
 __version__ = "0.1.0"
 
-from anime_gan.generator import Generator  # noqa: E402,F401
+_EXPORTS = {
+    "Generator": "anime_gan.generator",
+    "Discriminator": "anime_gan.discriminator",
+    "load_generator": "anime_gan.weights",
+    "save_generator": "anime_gan.weights",
+    "convert_checkpoint": "anime_gan.weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anime_gan' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
