@@ -35,3 +35,5 @@ golden: $(VENV)/.installed  ## regenerate anime_gan/golden/ from the official gr
 clean:  ## remove the virtualenv and caches (keeps dataset/ and checkpoints/)
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
+data: $(VENV)/.installed  ## build the training set under dataset/ (offline demo by default; ARGS="--source=PATH_OR_URL")
+	$(PY) -m data_prep $(ARGS)

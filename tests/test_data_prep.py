@@ -1,0 +1,301 @@
+"""`make data`: the demo set, the dataset.zip path (local HTTP server), bad inputs, the CLI."""
+import hashlib
+import http.server
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+import data_prep
+from data_prep import demo, download, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tree_bytes(root):
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo build tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_demo_build_is_deterministic_offline_and_unpaired(tmp_path, no_network):
+    kw = dict(num_photos=6, num_style=5, img_size=64, progress=False)
+    m1 = demo.build(str(tmp_path / "a"), seed=3, **kw)
+    demo.build(str(tmp_path / "b"), seed=3, **kw)
+    demo.build(str(tmp_path / "c"), seed=4, **kw)
+    a, b, c = (_tree_bytes(tmp_path / x) for x in "abc")
+    assert a == b  # same seed, same bytes (manifest included)
+    assert a.keys() == c.keys() and a != c  # another seed, other crops
+    root = tmp_path / "a"
+    for rel, n in [("train_photo", 6), ("Demo/style", 5), ("Demo/smooth", 5), ("val", demo.NUM_VAL),
+                   ("test/test_photo256", demo.NUM_TEST), ("test/test_photo", demo.NUM_TEST),
+                   ("test/real", demo.NUM_TEST), ("test/HR_photo", 2)]:
+        assert len(os.listdir(root / rel)) == n, rel
+    for f in os.listdir(root / "Demo" / "style"):
+        assert cv2.imread(str(root / "Demo" / "style" / f)).shape == (64, 64, 3)
+    # Unpaired: no style image is cut from the same box as a photo.
+    photo_boxes = {tuple(b) for b in m1["crops"]["photo"]}
+    assert not photo_boxes & {tuple(b) for b in m1["crops"]["style"]}
+    # Smooth = the edge-smoothed style image: the same picture, changed only near edges.
+    st = cv2.imread(str(root / "Demo/style/0000.jpg")).astype(int)
+    sm = cv2.imread(str(root / "Demo/smooth/0000.jpg")).astype(int)
+    assert 0 < np.mean(np.abs(st - sm)) < 20
+    # ensure() does not rebuild an identical set.
+    assert demo.ensure(str(root), seed=3, **kw) is False
+
+
+def test_demo_refuses_to_mix_into_real_photos(tmp_path):
+    (tmp_path / "train_photo").mkdir()
+    (tmp_path / "train_photo" / "mine.jpg").write_bytes(b"x")
+    with pytest.raises(report.DataError, match="train_photo already holds 1 files not made by the demo"):
+        demo.build(str(tmp_path), num_photos=2, num_style=2, img_size=32, progress=False)
+
+
+def test_demo_without_scikit_image_names_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    with pytest.raises(report.DataError, match=r"pip install \.\[demo\]"):
+        demo.build(str(tmp_path), num_photos=2, num_style=2, img_size=32, progress=False)
+
+
+# ---------------------------------------------------------------- dataset.zip over local HTTP
+
+def _jpeg(rng, h=40, w=40):
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 2)
+    cv2.rectangle(img, (5, 5), (w // 2, h // 2), (255, 255, 255), 2)  # some edges to smooth
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def _official_zip(top="dataset/", evil=None):
+    """A small archive in the official layout (style folders without smooth/, as a user might have)."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"{top}train_photo/{i}.jpg", _jpeg(rng))
+        for style in ("Hayao", "Shinkai"):
+            for i in range(3):
+                zf.writestr(f"{top}{style}/style/{i}.jpg", _jpeg(rng))
+        for sub in ["val"] + [f"test/{t}" for t in download.TEST_FOLDERS]:
+            zf.writestr(f"{top}{sub}/0.jpg", _jpeg(rng, 48, 64))
+        if evil:
+            zf.writestr(evil, b"gotcha")
+    return buf.getvalue()
+
+
+class _Server:
+    """Serves one payload on 127.0.0.1; the first GET is cut off halfway; Range requests are honoured."""
+
+    def __init__(self, payload, break_first=True):
+        self.payload, self.requests = payload, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.requests.append(rng)
+                data = server.payload
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if rng:
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if break_first and len(server.requests) == 1:
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dataset.zip"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_zip_download_resumes_verifies_unpacks_smooths_and_reports(tmp_path):
+    payload = _official_zip()
+    server = _Server(payload)
+    warnings = []
+    try:
+        res = data_prep.prepare(source=server.url, dataset_dir=str(tmp_path / "ds"), img_size=32,
+                                sha256=hashlib.sha256(payload).hexdigest(), backoff=0.0, progress=False,
+                                warn=warnings.append)
+    finally:
+        server.close()
+    # First request cut off, second one resumed exactly where the bytes on disk end.
+    assert server.requests[0] is None and server.requests[1] == f"bytes={len(payload) // 2}-"
+    assert any("broke at" in w for w in warnings)
+    ds = tmp_path / "ds"
+    assert not (ds / "dataset.zip").exists() and not (ds / "dataset.zip.part").exists()
+    assert sorted(os.listdir(ds / "train_photo")) == [f"{i}.jpg" for i in range(5)]
+    with zipfile.ZipFile(io.BytesIO(payload)) as zf:  # unpacked bytes are the archive's bytes
+        assert (ds / "Hayao" / "style" / "1.jpg").read_bytes() == zf.read("dataset/Hayao/style/1.jpg")
+    for style in ("Hayao", "Shinkai"):  # smooth/ was missing: auto made it
+        assert sorted(os.listdir(ds / style / "smooth")) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert res.layout_problems == []
+    counts = {os.path.relpath(r.folder, ds): r.count for r in res.reports}
+    assert counts["train_photo"] == 5 and counts[os.path.join("Shinkai", "smooth")] == 3
+    assert "train_photo: 5 images, sizes 40×40 … 40×40, 0 unreadable" in res.text()
+
+
+def test_download_checks_size_and_checksum(tmp_path):
+    payload = _official_zip()
+    server = _Server(payload, break_first=False)
+    try:
+        with pytest.raises(report.DataError, match="SHA-256 .* does not match"):
+            download.download(server.url, str(tmp_path / "d.zip"), sha256="0" * 64, progress=False)
+        assert not os.listdir(tmp_path)  # the bad file is gone, nothing half-written stays
+        # Every attempt broken: one sentence that says how to resume.
+        server2 = _Server(payload, break_first=True)
+        server2.payload = payload
+        with pytest.raises(report.DataError, match="failed after 1 attempts .* run again to resume"):
+            download.download(server2.url, str(tmp_path / "e.zip"), retries=0, progress=False)
+        assert 0 < os.path.getsize(tmp_path / "e.zip.part") < len(payload)
+        server2.close()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("evil", ["../evil.jpg", "dataset/../../evil.jpg", "/tmp/evil.jpg"])
+def test_zip_with_escaping_member_is_refused(tmp_path, evil):
+    z = tmp_path / "evil.zip"
+    z.write_bytes(_official_zip(evil=evil))
+    out = tmp_path / "out" / "ds"
+    with pytest.raises(report.DataError, match="unsafe member"):
+        download.safe_extract(str(z), str(out), progress=False)
+    assert not (tmp_path / "evil.jpg").exists() and not (tmp_path / "out" / "evil.jpg").exists()
+    assert not out.exists() or not os.listdir(out)  # nothing at all was unpacked
+
+
+def test_zip_without_layout_is_refused(tmp_path):
+    z = tmp_path / "other.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("photos/a.jpg", b"x")
+    with pytest.raises(report.DataError, match="holds no train_photo/ folder"):
+        download.safe_extract(str(z), str(tmp_path / "o"), progress=False)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+def write_bad_inputs(folder, rng):
+    """One file per kind of bad input; returns {file name: words its warning must contain}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = cv2.GaussianBlur(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), (5, 5), 2)
+    cv2.imwrite(str(folder / "good.jpg"), good)
+    (folder / "zero.jpg").write_bytes(b"")
+    full = (folder / "good.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(full[:len(full) // 2])
+    (folder / "text.jpg").write_text("not an image at all\n")
+    from PIL import Image  # Pillow writes CMYK JPEGs (OpenCV cannot)
+    Image.fromarray(good[..., ::-1]).convert("CMYK").save(folder / "cmyk.jpg")
+    cv2.imwrite(str(folder / "deep16.png"), good.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "gray.png"), good[..., 0])
+    cv2.imwrite(str(folder / "rgba.png"), np.dstack([good, good[..., :1]]))
+    cv2.imwrite(str(folder / "tiny.png"), good[:1, :1])
+    big = np.zeros((6000, 6000, 3), np.uint8)
+    big[::97] = 200
+    cv2.imwrite(str(folder / "huge.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 50])
+    cv2.imwrite(str(folder / "noext.png"), good)
+    os.rename(folder / "noext.png", folder / "noext")
+    return {"zero.jpg": "empty file", "truncated.jpg": "truncated JPEG", "text.jpg": "not an image",
+            "cmyk.jpg": "CMYK", "deep16.png": "16-bit", "gray.png": "grayscale", "rgba.png": "alpha",
+            "tiny.png": "too small (1×1", "huge.jpg": "very large (6000×6000)",
+            "noext": "not an image file name"}
+
+
+SKIPPED = {"zero.jpg", "truncated.jpg", "text.jpg", "tiny.png", "noext"}
+
+
+def test_bad_inputs_in_style_folder_are_named_and_skipped(tmp_path):
+    ds = tmp_path / "ds"
+    expected = write_bad_inputs(ds / "Mine" / "style", np.random.default_rng(1))
+    write_bad_inputs(ds / "train_photo", np.random.default_rng(2))
+    (ds / "val").mkdir()
+    cv2.imwrite(str(ds / "val" / "v.jpg"), np.full((40, 40, 3), 90, np.uint8))
+    warnings = []
+    res = data_prep.prepare(source="existing", dataset_dir=str(ds), img_size=32, progress=False,
+                            warn=warnings.append)
+    for name, words in expected.items():
+        for folder in ("Mine/style", "train_photo"):
+            path = os.path.join(str(ds), folder, name)
+            assert any(w.startswith(path + ":") and words in w for w in warnings), (path, words)
+    smooth = set(os.listdir(ds / "Mine" / "smooth"))
+    assert smooth == {"good.jpg", "cmyk.jpg", "deep16.png", "gray.png", "rgba.png", "huge.jpg"}
+    for name in ("deep16.png", "gray.png", "rgba.png"):
+        assert cv2.imread(str(ds / "Mine" / "smooth" / name)).shape == (32, 32, 3)
+    bad = {os.path.basename(p) for p, _ in res.reports[0].bad}
+    assert bad == SKIPPED
+    with pytest.raises(report.DataError, match="--strict: .* is unusable"):
+        data_prep.prepare(source="existing", dataset_dir=str(ds), img_size=32, progress=False,
+                          strict=True, warn=lambda m: None)
+
+
+def test_missing_and_empty_folders_end_in_one_sentence(tmp_path):
+    with pytest.raises(report.DataError) as e:
+        data_prep.prepare(source="existing", dataset_dir=str(tmp_path / "nope"), progress=False)
+    assert str(e.value).count(". ") == 0 and str(tmp_path / "nope") in str(e.value)
+    (tmp_path / "ds" / "S" / "style").mkdir(parents=True)
+    (tmp_path / "ds" / "train_photo").mkdir()
+    cv2.imwrite(str(tmp_path / "ds" / "train_photo" / "p.jpg"), np.full((40, 40, 3), 90, np.uint8))
+    with pytest.raises(report.DataError, match=r"Folder .*S/style holds no usable images"):
+        data_prep.prepare(source="existing", dataset_dir=str(tmp_path / "ds"), progress=False)
+
+
+# ---------------------------------------------------------------- command line
+
+def _run(*args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "data_prep", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_help_documents_every_flag_and_imports_no_tensorflow():
+    out = _run("--helpfull")
+    for flag in ("source", "out", "style", "smooth", "img_size", "seed", "num_photos", "num_style", "strict",
+                 "workers", "retries", "sha256", "keep_archive", "progress"):
+        assert f"--{flag}" in out.stdout or f"--[no]{flag}" in out.stdout, flag
+    code = ("import sys, data_prep, data_prep.__main__, data_prep.demo, data_prep.download, "
+            "data_prep.report, data_prep.smoothing; assert 'tensorflow' not in sys.modules, 'tf imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_cli_missing_folder_is_one_line(tmp_path):
+    r = _run("--source=existing", f"--out={tmp_path / 'missing'}", "--progress=false")
+    assert r.returncode == 1
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert lines == [f"error: Folder {tmp_path / 'missing'} does not exist; create it with your images or "
+                     "run `make data`."]
