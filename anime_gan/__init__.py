@@ -12,12 +12,19 @@ _EXPORTS = {
     "load_generator": "anime_gan.weights",
     "save_generator": "anime_gan.weights",
     "convert_checkpoint": "anime_gan.weights",
+    "export_saved_model": "anime_gan.serving",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "stylize"])
 
 
 def __getattr__(name):
+    if name == "stylize":
+        # anime_gan.stylize is a callable module (calling it calls stylize.stylize), so
+        # `anime_gan.stylize(image)` works whether or not the submodule was imported first.
+        import importlib
+
+        return importlib.import_module("anime_gan.stylize")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'anime_gan' has no attribute {name!r}")

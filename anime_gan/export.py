@@ -1,0 +1,68 @@
+"""Export a generator as a SavedModel for TF Serving, `saved_model_cli` and `tf.saved_model.load`.
+
+    python -m anime_gan.export --checkpoint_dir=checkpoints/hayao --output=models/anime_gan/1
+
+--checkpoint_dir is a training or conversion directory holding generator.weights.h5, a .weights.h5
+file, or an official TF1 checkpoint prefix. The SavedModel has two signatures, `serving_default`
+(uint8 images -> uint8 images, same size) and `stylize_bytes` (encoded images -> PNG bytes); see
+`anime_gan.serving`. TF Serving wants a numbered version folder (the `/1` above).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+
+def define_flags():
+    """Defined only when run as a command, so importing this module never adds global flags."""
+    flags.DEFINE_string(
+        "checkpoint_dir", None,
+        "Directory holding generator.weights.h5 (training or anime_gan.convert output), a .weights.h5 "
+        "file, or a TF1 checkpoint prefix.", required=True)
+    flags.DEFINE_string("output", None, "SavedModel directory to write (e.g. models/anime_gan/1).", required=True)
+    flags.DEFINE_integer(
+        "max_side", 4096, "Largest image side the SavedModel accepts; larger inputs get InvalidArgument.",
+        lower_bound=8)
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing SavedModel at --output.")
+
+
+def export(checkpoint_dir, output, max_side=4096, overwrite=False):
+    """Loads the generator and writes the SavedModel; returns its path. Errors are one sentence."""
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
+        raise FileExistsError(f"--output={output} already exists; pass --overwrite to replace it or choose another path.")
+    from anime_gan.serving import export_saved_model
+    from anime_gan.weights import load_generator
+
+    generator = load_generator(checkpoint_dir)
+    return export_saved_model(generator, output, max_side=max_side)
+
+
+def _quiet_tensorflow_logs():
+    # TF logs a dozen INFO lines per SavedModel save/load; --verbosity=0 brings them back.
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _quiet_tensorflow_logs()
+    FLAGS = flags.FLAGS
+    try:
+        path = export(FLAGS.checkpoint_dir, FLAGS.output, FLAGS.max_side, FLAGS.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (signatures serving_default, stylize_bytes; max side {FLAGS.max_side})")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up INFO lines
+    define_flags()
+    app.run(main)

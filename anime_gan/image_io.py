@@ -1,0 +1,169 @@
+"""Reading and writing images for stylization: any common file in, 8-bit RGB out.
+
+Pixels are decoded by OpenCV with IMREAD_UNCHANGED so that 16-bit samples and alpha survive to be
+handled here; with that flag OpenCV ignores the EXIF orientation, so the tag is read with Pillow
+(installed with matplotlib) and applied here, as a camera viewer would. Conversions:
+- 16-bit -> 8-bit by v / 257 rounded (65535 -> 255 exactly, as TensorFlow's PNG decoder does);
+- grayscale -> three equal channels;
+- RGBA / gray + alpha -> composited over white (transparent areas usually hold black or garbage);
+- first frame of an animated GIF.
+Every failure is an `ImageError` whose message is one sentence naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import tempfile
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Formats written back in their own format; anything else (GIF) is written as PNG.
+WRITABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+JPEG_QUALITY = 95
+EXIF_ORIENTATION = 0x0112
+
+
+class ImageError(ValueError):
+    """An image that cannot be stylized; the message says why and what to do."""
+
+
+def is_image_path(path):
+    return pathlib.Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_video_path(path):
+    return pathlib.Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def exif_orientation(data):
+    """The EXIF orientation tag (1..8) of encoded image bytes; 1 where there is none."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - no readable EXIF is the same as no rotation
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def apply_orientation(image, orientation):
+    """Turns an H x W x C array as EXIF orientation 1..8 says (the stored image -> upright)."""
+    if orientation == 2:
+        return image[:, ::-1]
+    if orientation == 3:
+        return image[::-1, ::-1]
+    if orientation == 4:
+        return image[::-1]
+    if orientation == 5:
+        return np.swapaxes(image, 0, 1)
+    if orientation == 6:
+        return np.rot90(image, k=-1)
+    if orientation == 7:
+        return np.swapaxes(image[::-1, ::-1], 0, 1)
+    if orientation == 8:
+        return np.rot90(image, k=1)
+    return image
+
+
+def to_rgb_uint8(image, name="image"):
+    """Any H x W [x C] uint8/uint16 array (gray, gray+alpha, RGB, RGBA) -> uint8 H x W x 3 RGB."""
+    image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
+    elif image.dtype == np.bool_:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        raise ImageError(
+            f"{name} has {image.dtype} samples; pass 8- or 16-bit integer pixels "
+            "(e.g. np.clip(x * 255, 0, 255).astype(np.uint8) for floats in [0, 1])."
+        )
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise ImageError(
+            f"{name} has shape {image.shape}; expected H x W (gray) or H x W x 1/2/3/4 channels."
+        )
+    channels = image.shape[-1]
+    if channels in (2, 4):
+        color, alpha = image[..., :-1].astype(np.float32), image[..., -1:].astype(np.float32) / 255.0
+        image = np.clip(np.round(color * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+        channels -= 1
+    if channels == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image)
+
+
+def decode_image(data, name="image"):
+    """Encoded bytes (JPEG, PNG, BMP, GIF, WebP, TIFF) -> uint8 H x W x 3 RGB, upright."""
+    if len(data) == 0:
+        raise ImageError(f"{name} is empty (0 bytes); replace it with a real image or remove it.")
+    buf = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(
+            f"{name} is not a readable image (OpenCV cannot decode it); "
+            "check that it is a JPEG, PNG, BMP, GIF, WebP or TIFF file, or remove it."
+        )
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{name} has {image.dtype} samples; save it as an 8- or 16-bit image.")
+    # OpenCV orders colour channels BGR(A).
+    if image.ndim == 3 and image.shape[-1] == 3:
+        image = image[..., ::-1]
+    elif image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., [2, 1, 0, 3]]
+    image = apply_orientation(image, exif_orientation(data))
+    return to_rgb_uint8(image, name)
+
+
+def read_image(path):
+    """A file -> uint8 H x W x 3 RGB, upright; `ImageError` with a one-line reason otherwise."""
+    path = pathlib.Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path} cannot be read ({e.strerror or e}); check the path and its permissions.") from None
+    return decode_image(data, str(path))
+
+
+def output_suffix(suffix):
+    suffix = suffix.lower()
+    return suffix if suffix in WRITABLE_SUFFIXES else ".png"
+
+
+def make_readable(path):
+    """mkstemp creates files 0600; give the finished file the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_image(path, image_rgb):
+    """Writes uint8 RGB to path (format from its suffix), atomically: no half-written files."""
+    path = pathlib.Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITABLE_SUFFIXES:
+        raise ImageError(f"cannot write {path}: use one of {', '.join(WRITABLE_SUFFIXES)} as the suffix.")
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(image_rgb[..., ::-1]), params)
+    if not ok:
+        raise ImageError(f"OpenCV could not encode {path}; try a .png output.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(encoded.tobytes())
+        make_readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

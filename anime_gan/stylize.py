@@ -1,0 +1,517 @@
+"""Stylize photos, folders and videos with a trained or converted generator.
+
+    python -m anime_gan.stylize --model=checkpoints/hayao --input=photos/ --output=anime/
+
+--model takes a SavedModel directory (from `anime_gan.export` or `anime_gan.convert`), a directory
+holding generator.weights.h5, a .weights.h5 file, or an official TF1 checkpoint prefix.
+--input is an image, a folder (sub-folders are mirrored under --output) or a video (written frame
+by frame with OpenCV at the same fps and size; the audio track is not copied).
+
+Each image keeps its exact size (see `anime_gan.serving`). Files that cannot be stylized are
+reported one line each; the others are still written, and the command exits with status 1 and a
+summary. The same things from Python:
+
+    >>> import anime_gan
+    >>> anime = anime_gan.stylize(photo_uint8, model="checkpoints/hayao")
+
+(`anime_gan.stylize` is this module, and calling it calls `stylize`.)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import types
+
+import numpy as np
+
+from anime_gan import image_io
+from anime_gan.image_io import ImageError
+
+DEFAULT_BATCH_SIZE = 4
+MODEL_ENV = "ANIME_GAN_MODEL"
+# Brightness weights of the original's --adjust_brightness (ITU-R 601 luma of the channel means).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class Stylizer:
+    """uint8 [N, H, W, 3] RGB -> uint8 [N, H, W, 3]: a SavedModel's serving_default or a Generator.
+
+    `max_side` is the largest side the model accepts; `source` says where it came from.
+    """
+
+    def __init__(self, fn, max_side, source, keep_alive=None):
+        self._fn = fn
+        self.max_side = int(max_side)
+        self.source = source
+        self._keep_alive = keep_alive  # a loaded SavedModel must outlive its signatures
+
+    def check_size(self, height, width, name="image"):
+        from anime_gan.serving import MIN_SIDE
+
+        if min(height, width) < MIN_SIDE:
+            raise ImageError(
+                f"{name} is {height}x{width} pixels; each side must be at least {MIN_SIDE} pixels "
+                "(the generator halves the image twice); upscale it or leave it out."
+            )
+        if max(height, width) > self.max_side:
+            raise ImageError(
+                f"{name} is {height}x{width} pixels; each side must be at most {self.max_side} pixels "
+                "(the model's size cap); downscale it or use a model exported with a larger --max_side."
+            )
+
+    def __call__(self, images):
+        import tensorflow as tf
+
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ImageError(f"expected uint8 [N, H, W, 3] images, got {images.dtype} {images.shape}.")
+        try:
+            return np.asarray(self._fn(tf.constant(images)))
+        except tf.errors.InvalidArgumentError as e:
+            raise ImageError(model_error_message(e)) from None
+
+
+def model_error_message(error):
+    """The one readable sentence inside a TF InvalidArgumentError (our in-graph assertions)."""
+    text = str(getattr(error, "message", error))
+    match = re.search(r"assertion failed: \[(.*?)\]\s*$", text, re.MULTILINE)
+    if match:
+        return match.group(1)
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    useful = [l for l in lines if not l.startswith(("Graph execution error", "Detected at node", "<stack", "[["))]
+    return (useful or lines or ["the model rejected the input"])[0]
+
+
+def _stylizer_from_generator(generator, max_side, source):
+    from anime_gan.serving import IMAGES_KEY, StylizeModule
+
+    module = StylizeModule(generator, max_side=max_side)
+    return Stylizer(lambda x: module.serving_default(x)[IMAGES_KEY], max_side, source, keep_alive=module)
+
+
+def _stylizer_from_saved_model(path):
+    import tensorflow as tf
+
+    from anime_gan.serving import DEFAULT_MAX_SIDE, IMAGES_KEY, SERVING_SIGNATURE
+
+    loaded = tf.saved_model.load(str(path))
+    if SERVING_SIGNATURE not in loaded.signatures:
+        raise ValueError(f"the SavedModel at {path} has no {SERVING_SIGNATURE} signature; re-export it.")
+    fn = loaded.signatures[SERVING_SIGNATURE]
+    variable = getattr(loaded, "max_side_variable", None)
+    max_side = int(variable.numpy()) if variable is not None else DEFAULT_MAX_SIDE
+    return Stylizer(lambda x: fn(images=x)[IMAGES_KEY], max_side, str(path), keep_alive=loaded)
+
+
+def load_model(path, max_side=None):
+    """A `Stylizer` from a SavedModel dir, a weights dir/file or a TF1 checkpoint prefix.
+
+    max_side is the size cap for weights (a SavedModel keeps the cap it was exported with).
+    """
+    from anime_gan.serving import DEFAULT_MAX_SIDE
+
+    path = pathlib.Path(os.fspath(path)).expanduser()
+    if (path / "saved_model.pb").exists():
+        return _stylizer_from_saved_model(path)
+    if not path.exists() and not pathlib.Path(str(path) + ".index").exists():
+        raise FileNotFoundError(
+            f"no model at {path}; pass a SavedModel directory, a directory holding generator.weights.h5, "
+            "a .weights.h5 file or a TF1 checkpoint prefix."
+        )
+    from anime_gan.weights import load_generator
+
+    generator = load_generator(path)
+    return _stylizer_from_generator(generator, max_side or DEFAULT_MAX_SIDE, str(path))
+
+
+_MODELS = {}
+
+
+def get_model(model=None):
+    """A Stylizer from a Stylizer, a Generator, a path (loaded once and cached) or $ANIME_GAN_MODEL."""
+    if isinstance(model, Stylizer):
+        return model
+    if model is None:
+        model = os.environ.get(MODEL_ENV)
+        if not model:
+            raise ValueError(f"no model given; pass model=PATH (a SavedModel or weights) or set ${MODEL_ENV}.")
+    if isinstance(model, (str, os.PathLike)):
+        key = os.path.abspath(os.fspath(model))
+        if key not in _MODELS:
+            _MODELS[key] = load_model(model)
+        return _MODELS[key]
+    if hasattr(model, "tf1_variable_map"):  # an anime_gan Generator
+        from anime_gan.serving import DEFAULT_MAX_SIDE
+
+        return _stylizer_from_generator(model, DEFAULT_MAX_SIDE, "Generator")
+    raise TypeError(f"model must be a path, a Generator or a Stylizer, not {type(model).__name__}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def average_brightness(image):
+    """0.299 R + 0.587 G + 0.114 B of the channel means of an RGB image."""
+    means = np.asarray(image, np.float64).reshape(-1, 3).mean(axis=0)
+    return float(np.dot(LUMA_WEIGHTS, means))
+
+
+def adjust_brightness(result, photo):
+    """The original's --adjust_brightness: scale the result so its brightness equals the photo's.
+
+    Multiplied in floating point, clipped to [0, 255], truncated to uint8 as in the original.
+    """
+    target, current = average_brightness(photo), average_brightness(result)
+    if current <= 0.0:  # an all-black result has no brightness to scale
+        return np.asarray(result, np.uint8)
+    scaled = np.asarray(result, np.float64) * (target / current)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+_adjust_brightness = adjust_brightness  # `stylize` has a parameter of the same name
+
+
+def stylize(image_uint8, model=None, adjust_brightness=False):
+    """Photo(s) -> anime, same size: uint8 [H, W, 3] or [N, H, W, 3] -> uint8 of the same shape.
+
+    Grayscale, RGBA and 16-bit arrays are converted to 8-bit RGB first (`image_io.to_rgb_uint8`).
+    model: a SavedModel dir, weights, a TF1 prefix (each loaded once), a Generator, or None for
+    $ANIME_GAN_MODEL. adjust_brightness matches each result's mean brightness to its photo's.
+    """
+    stylizer = get_model(model)
+    array = np.asarray(image_uint8)
+    batched = array.ndim == 4
+    images = list(array) if batched else [array]
+    images = np.stack([image_io.to_rgb_uint8(im) for im in images])
+    stylizer.check_size(images.shape[1], images.shape[2])
+    out = stylizer(images)
+    if adjust_brightness:
+        out = np.stack([_adjust_brightness(o, p) for o, p in zip(out, images)])
+    return out if batched else out[0]
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Files, folders, videos
+
+
+@dataclasses.dataclass
+class Summary:
+    written: list = dataclasses.field(default_factory=list)
+    failed: list = dataclasses.field(default_factory=list)  # [(path, reason)]
+
+    @property
+    def ok(self):
+        return not self.failed
+
+
+def _report_failure(summary, path, reason, log):
+    summary.failed.append((str(path), reason))
+    message = reason if str(path) in reason else f"{path}: {reason}"
+    log(f"error: {message}")
+
+
+def image_jobs(input_dir, output_dir):
+    """[(source, destination)] for every image under input_dir, mirrored under output_dir."""
+    input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
+    jobs = []
+    skip = output_dir.resolve()
+    for root, dirs, files in os.walk(input_dir):
+        root = pathlib.Path(root)
+        # Never stylize our own earlier output when --output lies inside --input.
+        dirs[:] = sorted(d for d in dirs if (root / d).resolve() != skip)
+        for name in sorted(files):
+            src = root / name
+            if image_io.is_image_path(src):
+                dst = output_dir / src.relative_to(input_dir)
+                jobs.append((src, dst.with_suffix(image_io.output_suffix(src.suffix))))
+    return jobs
+
+
+def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, log=print, progress=None):
+    """Stylizes [(source, destination)] image files in batches of equal size; returns a Summary.
+
+    Images of one size are batched together (a batch must be one size); a few sizes are held at
+    once and flushed when full, so memory stays bounded on folders of mixed sizes.
+    """
+    summary = Summary()
+    pending = collections.OrderedDict()  # (h, w) -> [(src, dst, image)]
+    held = 0
+
+    def flush(shape):
+        nonlocal held
+        items = pending.pop(shape)
+        held -= len(items)
+        try:
+            outputs = stylizer(np.stack([im for _, _, im in items]))
+        except ImageError:
+            # A batch fails as a whole; run its images alone so the error names the right file.
+            outputs = []
+            for src, _, im in items:
+                try:
+                    outputs.append(stylizer(im[None])[0])
+                except ImageError as e:
+                    outputs.append(e)
+        for (src, dst, photo), out in zip(items, outputs):
+            if isinstance(out, Exception):
+                _report_failure(summary, src, str(out), log)
+                continue
+            if adjust:
+                out = adjust_brightness(out, photo)
+            try:
+                image_io.write_image(dst, out)
+            except (OSError, ImageError) as e:
+                _report_failure(summary, src, f"cannot write {dst}: {e}", log)
+                continue
+            summary.written.append(str(dst))
+        if progress is not None:
+            progress.update(len(items))
+
+    for src, dst in jobs:
+        try:
+            image = image_io.read_image(src)
+            stylizer.check_size(image.shape[0], image.shape[1], str(src))
+        except ImageError as e:
+            _report_failure(summary, src, str(e), log)
+            if progress is not None:
+                progress.update(1)
+            continue
+        shape = image.shape[:2]
+        pending.setdefault(shape, []).append((src, dst, image))
+        held += 1
+        if len(pending[shape]) >= batch_size:
+            flush(shape)
+        elif held >= 4 * batch_size:
+            flush(next(iter(pending)))
+    while pending:
+        flush(next(iter(pending)))
+    return summary
+
+
+def _read_frames(capture, count):
+    frames = []
+    for _ in range(count):
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame[..., ::-1])
+    return frames
+
+
+def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None):
+    """Stylizes a video frame by frame into destination (mp4v codec, same fps and size, no audio).
+
+    Written to a temporary file beside destination and moved into place only when complete.
+    Returns the number of frames written; raises ImageError on an unreadable video.
+    """
+    import cv2
+
+    source, destination = pathlib.Path(source), pathlib.Path(destination)
+    capture = cv2.VideoCapture(str(source))
+    if not capture.isOpened():
+        raise ImageError(f"{source} is not a readable video (OpenCV cannot open it); check the file.")
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if not fps or fps <= 0 or width <= 0 or height <= 0:
+            raise ImageError(f"{source} reports no frame rate or size; re-encode it (e.g. with ffmpeg) and retry.")
+        stylizer.check_size(height, width, str(source))
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if progress is not None and total > 0:
+            progress.reset(total=total)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=destination.suffix, dir=destination.parent)
+        os.close(fd)
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        try:
+            if not writer.isOpened():
+                raise ImageError(f"OpenCV cannot write {destination}; use an .mp4 or .avi output.")
+            written = 0
+            while True:
+                frames = _read_frames(capture, batch_size)
+                if not frames:
+                    break
+                photos = np.stack(frames)
+                outputs = stylizer(photos)
+                for out, photo in zip(outputs, photos):
+                    if adjust:
+                        out = adjust_brightness(out, photo)
+                    writer.write(np.ascontiguousarray(out[..., ::-1]))
+                written += len(frames)
+                if progress is not None:
+                    progress.update(len(frames))
+            writer.release()
+            if written == 0:
+                raise ImageError(f"{source} has no readable frames; check the file.")
+            image_io.make_readable(tmp)
+            os.replace(tmp, destination)
+        finally:
+            writer.release()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    finally:
+        capture.release()
+    return written
+
+
+def _same_file(a, b):
+    try:
+        return pathlib.Path(a).resolve() == pathlib.Path(b).resolve()
+    except OSError:
+        return False
+
+
+def plan_output(input_path, output_path):
+    """('image' | 'folder' | 'video', destination) for an --input and --output, or ImageError."""
+    src, out = pathlib.Path(input_path), pathlib.Path(output_path)
+    if src.is_dir():
+        if out.exists() and not out.is_dir():
+            raise ImageError(f"--output={out} is a file; a folder --input needs a folder --output.")
+        if _same_file(src, out):
+            raise ImageError("--output must differ from --input: the photos would be overwritten.")
+        return "folder", out
+    if not src.exists():
+        raise ImageError(f"--input={src} does not exist; pass an image, a folder or a video.")
+    kind = "video" if image_io.is_video_path(src) else "image" if image_io.is_image_path(src) else None
+    if kind is None:
+        raise ImageError(
+            f"--input={src} is neither an image ({', '.join(image_io.IMAGE_SUFFIXES)}) "
+            f"nor a video ({', '.join(image_io.VIDEO_SUFFIXES)}); rename it or pass its folder."
+        )
+    known = image_io.VIDEO_SUFFIXES if kind == "video" else image_io.WRITABLE_SUFFIXES
+    if out.is_dir() or str(output_path).endswith(os.sep) or out.suffix.lower() not in known:
+        if out.exists() and not out.is_dir():
+            raise ImageError(f"--output={out} must end in one of {', '.join(known)} or be a folder.")
+        suffix = ".mp4" if kind == "video" else image_io.output_suffix(src.suffix)
+        out = out / (src.stem + suffix)
+    if _same_file(src, out):
+        raise ImageError("--output must differ from --input: the photo would be overwritten.")
+    return kind, out
+
+
+def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=False, max_side=None,
+        log=None, show_progress=None):
+    """Everything `python -m anime_gan.stylize` does, minus flag parsing. Returns a Summary.
+
+    Raises ImageError / FileNotFoundError / ValueError for unusable --input/--output/--model.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"--batch_size={batch_size} must be at least 1.")
+    kind, destination = plan_output(input_path, output_path)
+    stylizer = load_model(model, max_side=max_side)
+    # disable=None: a bar on a terminal, none in logs and pipes.
+    disable = None if show_progress is None else not show_progress
+    with tqdm(total=0, unit="img", disable=disable, file=sys.stderr, dynamic_ncols=True) as bar:
+        # Messages go above the bar, on stderr with it.
+        log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+        if kind == "video":
+            bar.unit = "frame"
+            summary = Summary()
+            try:
+                frames = stylize_video(stylizer, input_path, destination, batch_size, adjust, progress=bar)
+                summary.written.append(str(destination))
+                log(f"wrote {frames} frames to {destination} (audio is not copied)")
+            except ImageError as e:
+                _report_failure(summary, input_path, str(e), log)
+            return summary
+        if kind == "image":
+            jobs = [(pathlib.Path(input_path), destination)]
+        else:
+            jobs = image_jobs(input_path, destination)
+            if not jobs:
+                raise ImageError(f"--input={input_path} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)}).")
+        bar.reset(total=len(jobs))
+        return stylize_images(stylizer, jobs, batch_size, adjust, log=log, progress=bar)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def define_flags():
+    """Defined only when run as a command, so importing this module never adds global flags."""
+    from absl import flags
+
+    flags.DEFINE_string(
+        "model", None,
+        "A SavedModel directory, a directory holding generator.weights.h5, a .weights.h5 file or a TF1 "
+        "checkpoint prefix.", required=True)
+    flags.DEFINE_string(
+        "input", None, "An image, a folder of images (searched recursively) or a video.", required=True)
+    flags.DEFINE_string(
+        "output", None,
+        "Where to write: a file or folder for an image, a folder (sub-folders mirrored) for a folder, "
+        "a file (.mp4, .avi, ...) or folder for a video.", required=True)
+    flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images (of one size) or video frames per batch.",
+                         lower_bound=1)
+    flags.DEFINE_boolean(
+        "adjust_brightness", False,
+        "Scale each result so its mean brightness (0.299R+0.587G+0.114B) equals its photo's, as the "
+        "original's option.")
+    flags.DEFINE_integer(
+        "max_side", None,
+        "Largest image side accepted when --model is weights (default 4096); a SavedModel keeps the "
+        "cap it was exported with.", lower_bound=8)
+
+
+def _quiet_tensorflow_logs():
+    # TF logs a dozen INFO lines per SavedModel save/load; --verbosity=0 brings them back.
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def main(argv):
+    from absl import app, flags
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _quiet_tensorflow_logs()
+    try:
+        summary = run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
+                      FLAGS.max_side)
+    except (ImageError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_ok, n_bad = len(summary.written), len(summary.failed)
+    if n_bad:
+        print(f"stylized {n_ok} of {n_ok + n_bad} inputs; {n_bad} failed (listed above): "
+              f"{', '.join(p for p, _ in summary.failed[:5])}{' ...' if n_bad > 5 else ''}", file=sys.stderr)
+        return 1
+    where = summary.written[0] if n_ok == 1 else FLAGS.output
+    print(f"stylized {n_ok} input{'s' if n_ok != 1 else ''} into {where}")
+    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """`anime_gan.stylize` is this module; calling it calls `stylize(image, model=None)`."""
+
+    def __call__(self, image_uint8, model=None, adjust_brightness=False):
+        return stylize(image_uint8, model=model, adjust_brightness=adjust_brightness)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up INFO lines
+    define_flags()
+    app.run(main)
