@@ -121,3 +121,25 @@ def test_mixed_precision_stays_close_to_float32(policy):
     assert y.dtype == tf.float32
     assert g.compute_dtype == policy.split("_")[1]
     assert _psnr(ref, y.numpy()) >= 30.0
+
+
+def test_bfloat16_single_image_stays_within_35_db_of_float32():
+    """The mixed_bfloat16 inference path (fused instance norm, b1 in float32) at 256x256."""
+    g32, _ = _golden_generator()
+    x = np.random.default_rng(6).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
+    ref = g32(x).numpy()
+    values = {n: v.numpy() for n, v in g32.tf1_variable_map().items()}
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        g = Generator()
+        g.build()
+        tf1_to_generator(values, g)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    compiled = tf.function(g.call, input_signature=[tf.TensorSpec(x.shape, tf.float32)])
+    ops = {op.type for op in compiled.get_concrete_function().graph.get_operations()}
+    assert "FusedBatchNormV3" in ops  # the fast path is the one judged here
+    y = compiled(x)
+    assert y.dtype == tf.float32
+    assert _psnr(ref, y.numpy()) >= 35.0
