@@ -37,3 +37,6 @@ clean:  ## remove the virtualenv and caches (keeps dataset/ and checkpoints/)
 
 data: $(VENV)/.installed  ## build the training set under dataset/ (offline demo by default; ARGS="--source=PATH_OR_URL")
 	$(PY) -m data_prep $(ARGS)
+
+bench: $(VENV)/.installed  ## benchmarks: prints markdown tables, writes bench/results.json (ARGS="--quick" for a short run)
+	$(PY) -m bench $(ARGS)

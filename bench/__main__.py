@@ -1,0 +1,245 @@
+"""Runs the benchmarks, prints markdown tables and writes them as JSON.
+
+    python -m bench                                   # every section (make bench)
+    python -m bench --quick                           # a smaller run (256x256 only, fewer repeats)
+    python -m bench --sections=generator,data --repeats=9 --output=/tmp/results.json
+
+Sections: generator (inference, ours vs the official graph), serving (the exported SavedModel),
+train (train-step images/s), data (edge smoothing and the tf.data pipeline, compared with what the
+GAN-phase train step consumes). A section that is missing or fails becomes an error row; the others
+still run and are written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import inspect
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+import traceback
+
+from absl import app, flags, logging
+
+SECTIONS = ("generator", "serving", "train", "data")  # data last: it compares against train
+DEFAULT_OUTPUT = pathlib.Path(__file__).resolve().parent / "results.json"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sections", list(SECTIONS), f"Comma-separated sections to run, from {', '.join(SECTIONS)}.")
+flags.DEFINE_integer("repeats", None, "Timed repeats per case (default: each section's own; fewer with --quick).",
+                     lower_bound=1)
+flags.DEFINE_boolean("quick", False, "Smaller run: 256x256 only, fewer repeats and steps, no XLA timings (< 5 min).")
+flags.DEFINE_string("output", str(DEFAULT_OUTPUT), "Where to write the results as JSON.")
+
+
+def _call(fn, **kwargs):
+    """fn(**kwargs), passing only the keyword arguments fn accepts (sections evolve separately)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params and v is not None})
+
+
+def _as_rows(section, result):
+    """A section's result (a list of row dicts, or one flat dict) as rows tagged with the section."""
+    if isinstance(result, dict):
+        result = [result]
+    rows = []
+    for row in result:
+        row = dict(row)
+        row.setdefault("case", section)
+        row["section"] = section
+        rows.append(row)
+    return rows
+
+
+def _error_row(section, message):
+    return {"section": section, "case": "error", "error": message}
+
+
+def run_generator(quick, repeats):
+    from bench import bench_generator
+
+    if quick:
+        return _call(bench_generator.run, repeats=repeats or 3, sizes=[(256, 256)], xla=False)
+    return _call(bench_generator.run, repeats=repeats)
+
+
+def run_serving(quick, repeats):
+    from bench import bench_serving
+
+    if quick:
+        return _call(bench_serving.run, repeats=repeats or 3, quick=True)
+    return _call(bench_serving.run, repeats=repeats)
+
+
+def run_train(quick, repeats):
+    from bench import bench_train
+
+    return _call(bench_train.run, repeats=repeats, quick=quick)
+
+
+def _data_rows(result):
+    """bench_data.run() returns one flat dict; split it into the smoothing row and the pipeline row."""
+    if not isinstance(result, dict):
+        return result
+    smoothing = {k: v for k, v in result.items() if k.startswith("smoothing") or k == "img_size"}
+    pipeline = {k: v for k, v in result.items() if k not in smoothing}
+    rows = []
+    if smoothing:
+        rows.append({"case": "edge smoothing, ours vs per-pixel reference", **smoothing})
+    if pipeline:
+        rows.append({"case": "tf.data training pipeline", **pipeline})
+    return rows
+
+
+def train_consumption(rows):
+    """Images/s the GAN-phase float32 train step consumes (256x256, batch 6), from the train rows.
+
+    Takes the fastest float32 GAN-phase variant measured (tf.function or XLA): the pipeline must
+    keep up with the fastest step we offer. None when the train section did not run or failed.
+    """
+    best = None
+    for row in rows:
+        if row.get("section") != "train":
+            continue
+        text = " ".join(str(row.get(k, "")) for k in ("case", "phase", "dtype", "precision", "policy")).lower()
+        rate = row.get("images_per_s")
+        if rate is None or "gan" not in text or "bfloat16" in text or "float16" in text.replace("float32", ""):
+            continue
+        best = rate if best is None else max(best, rate)
+    return best
+
+
+def run_data(quick, repeats, previous_rows):
+    from bench import bench_data
+
+    kwargs = {}
+    if quick:
+        kwargs = {"smoothing": {"n_images": 2, "repeats": 2}, "pipeline": {"steps": 20}}
+    if kwargs and hasattr(bench_data, "bench_smoothing") and hasattr(bench_data, "bench_pipeline"):
+        result = {**_call(bench_data.bench_smoothing, **kwargs["smoothing"]),
+                  **_call(bench_data.bench_pipeline, **kwargs["pipeline"])}
+    else:
+        result = bench_data.run()
+    rows = _data_rows(result)
+    consumed = train_consumption(previous_rows)
+    for row in rows:
+        if "pipeline_images_per_s" not in row:
+            continue
+        if consumed:
+            row["train_step_images_per_s"] = consumed
+            row["pipeline_over_train_step"] = round(row["pipeline_images_per_s"] / consumed, 1)
+        else:
+            row["note"] = "train step rate unknown: run with the train section to get the ratio"
+    return rows
+
+
+RUNNERS = {"generator": run_generator, "serving": run_serving, "train": run_train}
+
+
+def run_sections(sections, quick=False, repeats=None):
+    """All requested sections in a fixed order; returns (rows, seconds per section)."""
+    rows, seconds = [], {}
+    for section in SECTIONS:
+        if section not in sections:
+            continue
+        start = time.perf_counter()
+        print(f"[bench] {section} ...", file=sys.stderr, flush=True)
+        try:
+            if section == "data":
+                result = run_data(quick, repeats, rows)
+            else:
+                result = RUNNERS[section](quick, repeats)
+            rows.extend(_as_rows(section, result))
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("bench."):
+                rows.append(_error_row(section, f"not available: module {e.name} does not exist yet"))
+            else:
+                traceback.print_exc()
+                rows.append(_error_row(section, f"{type(e).__name__}: {e}"))
+        except Exception as e:  # one failing section must not lose the others' numbers
+            traceback.print_exc()
+            rows.append(_error_row(section, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        seconds[section] = round(time.perf_counter() - start, 1)
+        print(f"[bench] {section} done in {seconds[section]} s", file=sys.stderr, flush=True)
+    return rows, seconds
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown(rows):
+    """One markdown table per section; columns are the union of the section's keys."""
+    out = []
+    for section in dict.fromkeys(r["section"] for r in rows):
+        section_rows = [r for r in rows if r["section"] == section]
+        columns = ["case"]
+        for r in section_rows:
+            columns.extend(k for k in r if k not in columns and k != "section")
+        out.append(f"### {section}\n")
+        out.append("| " + " | ".join(columns) + " |")
+        out.append("|" + "---|" * len(columns))
+        for r in section_rows:
+            out.append("| " + " | ".join(_fmt(r[c]) if c in r else "" for c in columns) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def machine():
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    except Exception:  # noqa: BLE001 - the header is informative only
+        pass
+    return info
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --sections, --repeats, --quick, --output.")
+    unknown = [s for s in FLAGS.sections if s not in SECTIONS]
+    if unknown:
+        raise app.UsageError(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}.")
+    logging.set_verbosity(logging.WARNING)  # TF's INFO lines (SavedModel export) would bury the tables
+    start = time.perf_counter()
+    rows, seconds = run_sections(set(FLAGS.sections), FLAGS.quick, FLAGS.repeats)
+    results = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "quick": FLAGS.quick,
+        "machine": machine(),
+        "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)},
+        "rows": rows,
+    }
+    print(markdown(rows))
+    output = pathlib.Path(FLAGS.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, output)
+    print(f"results written to {output} ({results['seconds']['total']} s)")
+    errors = [r for r in rows if r.get("case") == "error"]
+    return 1 if errors and len(errors) == len(rows) else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main)
