@@ -183,17 +183,24 @@ class Discriminator(keras.Model):
         self.ch, self.n_dis, self.sn = int(ch), int(n_dis), bool(sn)
         c = self.ch // 2
         self.conv_0 = SpectralConv2D(c, strides=1, sn=sn, name="conv_0")
-        self.stages = []
+        # Each stage's layers are plain attributes: tf.train.Checkpoint does not track layers held
+        # in a list of tuples, and the `u` vectors would silently be left out of checkpoints.
         for i in range(1, self.n_dis):
-            self.stages.append((
-                SpectralConv2D(2 * c, strides=2, sn=sn, name=f"conv_s2_{i}"),
-                SpectralConv2D(4 * c, strides=1, sn=sn, name=f"conv_s1_{i}"),
-                InstanceNorm(f"ins_norm_{i}/", C.IN_EPSILON, name=f"ins_norm_{i}"),
-            ))
+            setattr(self, f"conv_s2_{i}", SpectralConv2D(2 * c, strides=2, sn=sn, name=f"conv_s2_{i}"))
+            setattr(self, f"conv_s1_{i}", SpectralConv2D(4 * c, strides=1, sn=sn, name=f"conv_s1_{i}"))
+            setattr(self, f"ins_norm_{i}", InstanceNorm(f"ins_norm_{i}/", C.IN_EPSILON, name=f"ins_norm_{i}"))
             c *= 2
         self.last_conv = SpectralConv2D(2 * c, strides=1, sn=sn, name="last_conv")
         self.last_ins_norm = InstanceNorm("last_ins_norm/", C.IN_EPSILON, name="last_ins_norm")
         self.logit = SpectralConv2D(1, strides=1, sn=sn, name="D_logit")
+
+    @property
+    def stages(self):
+        """[(stride-2 conv, stride-1 conv, instance norm)] for each middle stage, in order."""
+        return [
+            (getattr(self, f"conv_s2_{i}"), getattr(self, f"conv_s1_{i}"), getattr(self, f"ins_norm_{i}"))
+            for i in range(1, self.n_dis)
+        ]
 
     @property
     def min_side(self):

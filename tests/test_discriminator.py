@@ -333,3 +333,21 @@ def test_symbolic_training_flag_and_weights_roundtrip(tmp_path):
     e.load_weights(tmp_path / "d.weights.h5")
     for a, b in zip(d.weights, e.weights):
         np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_tf_checkpoint_holds_every_variable_u_included(tmp_path):
+    """tf.train.Checkpoint(d=D) must save and restore all of D's variables, the u vectors included."""
+    d = Discriminator(ch=8, n_dis=3, sn=True)
+    d.build()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)
+    d(x, training=True)  # move every u away from its initial value
+    saved = {v.path: v.numpy().copy() for v in d.weights}
+    path = tf.train.Checkpoint(d=d).write(str(tmp_path / "ck"))
+    stored = [n for n, _ in tf.train.list_variables(path) if n.endswith("VARIABLE_VALUE")]
+    assert len(stored) == len(d.weights) == 20
+
+    fresh = Discriminator(ch=8, n_dis=3, sn=True)
+    fresh.build()
+    tf.train.Checkpoint(d=fresh).read(path).assert_consumed()
+    for v in fresh.weights:
+        np.testing.assert_array_equal(v.numpy(), saved[v.path])
