@@ -38,5 +38,8 @@ clean:  ## remove the virtualenv and caches (keeps dataset/ and checkpoints/)
 data: $(VENV)/.installed  ## build the training set under dataset/ (offline demo by default; ARGS="--source=PATH_OR_URL")
 	$(PY) -m data_prep $(ARGS)
 
+train: $(VENV)/.installed  ## the main job: build the demo set if missing, train demo.cfg through both phases
+	$(PY) -m anime_gan.train --flagfile=anime_gan/configs/demo.cfg $(ARGS)
+
 bench: $(VENV)/.installed  ## benchmarks: prints markdown tables, writes bench/results.json (ARGS="--quick" for a short run)
 	$(PY) -m bench $(ARGS)

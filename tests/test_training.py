@@ -1,0 +1,232 @@
+"""The training loop: flag checks, logs, checkpoints, samples, non-finite stop, mixed precision."""
+
+import glob
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from anime_gan import training as T
+from training_helpers import STYLE, make_tiny_dataset, run_train, tiny_args
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _cfg(tiny, tmp_path, **kw):
+    base = dict(dataset_dir=tiny, dataset=STYLE, checkpoint_dir=str(tmp_path / "ckpt"), img_size=32,
+                batch_size=2, ch=8, epoch=2, init_epoch=1, vgg_weights="random", seed=3,
+                export_saved_model=False, progress=False)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+# ---- flag checks ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, words", [
+    (dict(init_epoch=3, epoch=2), "--init_epoch"),
+    (dict(g_lr=-1e-4), "--g_lr"),
+    (dict(d_lr=float("nan")), "--d_lr"),
+    (dict(gan_type="wgan"), "--gan_type"),
+    (dict(mixed_precision="float8"), "--mixed_precision"),
+    (dict(strategy="tpu"), "--strategy"),
+    (dict(img_size=30), "--img_size"),
+    (dict(training_rate=0), "--training_rate"),
+    (dict(batch_size=0), "--batch_size"),
+    (dict(sty_weight=-3.0), "--sty_weight"),
+    (dict(vgg_weights="/nonexistent/vgg19.npy"), "/nonexistent/vgg19.npy"),
+    (dict(dataset="Nope"), "make data"),
+    (dict(strategy="multi_worker"), "TF_CONFIG"),
+])
+def test_bad_flags_end_in_one_sentence(tiny, tmp_path, monkeypatch, override, words):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(T.ConfigError) as e:
+        T.validate_config(_cfg(tiny, tmp_path, **override).resolved())
+    msg = str(e.value)
+    assert words in msg and "\n" not in msg and msg.endswith(".")
+    assert msg.count(". ") == 0 or msg.count(". ") == msg.count("e.g. ")
+
+
+def test_cli_rejects_contradictory_flags_before_any_work(tiny, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    r = run_train(tiny_args(tiny, str(ckpt), epoch=2, init_epoch=5), timeout=120)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: --init_epoch must be between 0 and --epoch=2 (got 5)."]
+    assert "Traceback" not in r.stderr and not ckpt.exists()
+
+
+def test_batch_not_divisible_by_replicas(tiny, tmp_path):
+    # One CPU device here: a mirrored strategy has 1 replica, so use the check's own arithmetic
+    # through a fake strategy count.
+    class Two:
+        num_replicas_in_sync = 2
+
+    cfg = _cfg(tiny, tmp_path, batch_size=3, strategy="mirrored")
+    orig = T.make_strategy
+    try:
+        T.make_strategy = lambda name: Two()
+        with pytest.raises(T.ConfigError, match="not divisible by the 2 replicas"):
+            T.train(cfg)
+    finally:
+        T.make_strategy = orig
+    assert not os.path.exists(cfg.checkpoint_dir)
+
+
+# ---- a whole tiny run ----------------------------------------------------------------------------
+def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
+    from anime_gan.weights import load_generator
+
+    cfg = _cfg(tiny, tmp_path, training_rate=2, checkpoint_every_steps=3)
+    res = T.train(cfg, log=lambda *a: None)
+    # 8 photos / batch 2 = 4 steps per epoch; 2 epochs.
+    assert (res.steps, res.epochs) == (8, 2)
+    records = [json.loads(line) for line in open(res.metrics_path)]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert [r["phase"] for r in records] == ["init"] * 4 + ["gan"] * 4
+    assert [r["epoch"] for r in records] == [1] * 4 + [2] * 4
+    for r in records:
+        assert r["step_time"] > 0
+        keys = {"content", "init_loss"} if r["phase"] == "init" else {
+            "g_adv", "content", "style", "color", "g_loss"}
+        assert keys <= set(r) and all(math.isfinite(r[k]) for k in keys)
+    # training_rate=2: D is updated on the 1st and 3rd GAN steps only.
+    assert ["d_loss" in r for r in records[4:]] == [True, False, True, False]
+    for r in records[4:]:
+        if "d_loss" in r:
+            assert r["d_loss"] == pytest.approx(300 * r["d_adv"] + r["gp"], rel=1e-5)
+            assert r["d_adv"] == pytest.approx(r["d_real"] + r["d_gray"] + r["d_fake"] + 0.1 * r["d_smooth"],
+                                               rel=1e-5)
+
+    # Samples after every epoch from the end of init (init_epoch=1) on; TensorBoard; loss plot.
+    import cv2
+
+    samples = sorted(os.listdir(res.sample_dir))
+    assert samples == ["epoch_001.png", "epoch_002.png"]
+    grid = cv2.imread(os.path.join(res.sample_dir, samples[-1]))
+    assert grid.shape == (2 * 32, 2 * 32, 3)  # 2 val images, photo | generated
+    assert glob.glob(os.path.join(res.log_dir, "events.out.tfevents.*"))
+    plot = cv2.imread(res.loss_plot)
+    assert plot is not None and plot.std() > 0
+
+    # Generator weights, per epoch and final, in load_generator's format.
+    G = res.model.generator
+    final = load_generator(res.generator_dir)
+    for a, b in zip(final.weights, G.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert os.path.exists(os.path.join(cfg.checkpoint_dir, "epochs", "epoch_001", "generator.weights.h5"))
+    epoch1 = load_generator(os.path.join(cfg.checkpoint_dir, "epochs", "epoch_001"))
+    assert any(np.abs(a.numpy() - b.numpy()).max() > 0 for a, b in zip(epoch1.weights, G.weights))
+
+    # The checkpoint: step, epoch, phase; mid-epoch saves at step 3 (not at 6: epoch 2's step 2).
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(cfg.checkpoint_dir))
+    names = reader.get_variable_to_shape_map()
+    get = lambda prefix: reader.get_tensor(next(n for n in names if n.startswith(prefix + "/")))  # noqa: E731
+    assert (int(get("step")), int(get("epoch")), int(get("phase"))) == (8, 2, 1)
+    assert any(n.startswith("iterator/") for n in names) and any(n.startswith("rng/") for n in names)
+    assert any(n.startswith("d_optimizer/") for n in names)
+
+    # Restoring the checkpoint into fresh nets gives back every weight, spectral-norm u included.
+    fresh = T.build_model(cfg.resolved(), tf.distribute.get_strategy())
+    tf.train.Checkpoint(generator_weights=list(fresh.generator.weights),
+                        discriminator_weights=list(fresh.discriminator.weights)).restore(
+        tf.train.latest_checkpoint(cfg.checkpoint_dir)).expect_partial()
+    trained = res.model.generator.weights + res.model.discriminator.weights
+    for a, b in zip(fresh.generator.weights + fresh.discriminator.weights, trained):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
+
+    # Re-running a finished run restores it and trains nothing more.
+    res2 = T.train(cfg, log=lambda *a: None)
+    assert res2.steps == 8 and [json.loads(line) for line in open(res2.metrics_path)] == records
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path):
+    # An absurd learning rate sends the weights to ~1e30 within a step; a few steps later a loss
+    # overflows (which step depends on where the first inf appears; the message names it).
+    import re
+
+    cfg = _cfg(tiny, tmp_path, init_lr=1e30, g_lr=1e30, checkpoint_every_steps=1)
+    with pytest.raises(T.NonFiniteLossError) as e:
+        T.train(cfg, log=lambda *a: None)
+    msg = str(e.value)
+    m = re.fullmatch(r"Training stopped at step (\d+) \(epoch \d, (init|gan) phase\): the (\w+) loss is "
+                     r"(nan|inf|-inf); the last good checkpoint \((\S+)\) is intact\.", msg)
+    assert m, msg
+    bad_step = int(m.group(1))
+    latest = tf.train.latest_checkpoint(cfg.checkpoint_dir)
+    assert latest == m.group(5) and latest.endswith(f"ckpt-{bad_step - 1}")
+    reader = tf.train.load_checkpoint(latest)
+    step_name = next(n for n in reader.get_variable_to_shape_map() if n.startswith("step/"))
+    assert int(reader.get_tensor(step_name)) == bad_step - 1
+    records = [json.loads(line) for line in open(os.path.join(cfg.checkpoint_dir, "logs", "metrics.jsonl"))]
+    assert [r["step"] for r in records] == list(range(1, bad_step))
+    assert all(math.isfinite(v) for r in records for k, v in r.items() if k != "phase")
+
+
+# ---- mixed precision -----------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_steps_are_finite(tmp_path, policy):
+    import keras
+
+    cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, mixed_precision=policy)
+    previous = T._configure(cfg)
+    try:
+        strategy = tf.distribute.get_strategy()
+        model = T.build_model(cfg, strategy)
+        assert model.generator.compute_dtype == policy.split("_")[1]
+        assert isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+        init_fn, gan_fn, _ = T._step_functions(model, strategy, jit_compile=False)
+        rng = np.random.default_rng(0)
+        batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
+        before = [v.numpy().copy() for v in model.generator.trainable_variables]
+        for out in (init_fn(batch[0]), gan_fn(*batch), gan_fn(*batch)):
+            assert all(math.isfinite(float(v)) for v in out.values()), out
+        # Dynamic loss scaling starts at 2**15 and halves on every overflowing step (which it skips):
+        # a few more init steps let float16 reach a scale whose gradients fit and the weights move.
+        for _ in range(30):
+            moved = max(np.abs(v.numpy() - b).max() for v, b in zip(model.generator.trainable_variables, before))
+            if moved > 0:
+                break
+            assert all(math.isfinite(float(v)) for v in init_fn(batch[0]).values())
+        assert moved > 0
+        if policy == "mixed_float16":
+            assert float(model.init_optimizer.dynamic_scale) < 2.0 ** 15
+        assert all(v.dtype == tf.float32 for v in model.generator.trainable_variables)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.mark.slow  # XLA compiles for ~30 s per step function
+def test_xla_steps_match_the_plain_steps():
+    import keras
+
+    cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
+    T._configure(cfg)
+    strategy = tf.distribute.get_strategy()
+    plain, xla = T.build_model(cfg, strategy), T.build_model(cfg, strategy)
+    for m in (plain, xla):  # SGD: the update is the gradient itself (see test_train_step.py)
+        m.compile(*(keras.optimizers.SGD(1e-6) for _ in range(3)))
+    for a, b in zip(plain.generator.weights + plain.discriminator.weights, xla.generator.weights + xla.discriminator.weights):
+        b.assign(a.numpy())
+    start = [v.numpy().copy() for v in plain.generator.weights + plain.discriminator.weights]
+    rng = np.random.default_rng(0)
+    batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
+    outs = []
+    for m, jit in ((plain, False), (xla, True)):
+        init_fn, gan_fn, _ = T._step_functions(m, strategy, jit_compile=jit)
+        outs.append({**{f"init/{k}": float(v) for k, v in init_fn(batch[0]).items()},
+                     **{f"gan/{k}": float(v) for k, v in gan_fn(*batch).items()}})
+    for k in outs[0]:
+        assert outs[1][k] == pytest.approx(outs[0][k], rel=1e-4, abs=1e-5), k
+    # XLA fuses and reorders the sums of the backward pass, which moves the near-zero gradients
+    # (instance-norm betas followed by another norm) by their own size; the update as a whole
+    # agrees to 1% (relative L2 norm).
+    pairs = list(zip(plain.generator.weights + plain.discriminator.weights,
+                     xla.generator.weights + xla.discriminator.weights, start))
+    d_plain = np.concatenate([(a.numpy() - s0).ravel() for a, _, s0 in pairs if a.trainable])
+    d_xla = np.concatenate([(b.numpy() - s0).ravel() for a, b, s0 in pairs if a.trainable])
+    assert np.linalg.norm(d_xla - d_plain) <= 0.01 * np.linalg.norm(d_plain)
