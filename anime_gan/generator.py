@@ -117,3 +117,24 @@ class Generator(keras.Model):
                     raise AssertionError(f"duplicate TF1 name {full}")
                 mapping[full] = var
         return mapping
+
+
+def build_generator(policy=None):
+    """A built Generator whose layers compute under the Keras dtype policy `policy`.
+
+    `policy` is e.g. "float32", "mixed_bfloat16" (the fast CPU path) or "mixed_float16"; None means
+    the global policy. Sub-layers take the global policy when they are created, so it is set for the
+    construction only and restored afterwards.
+    """
+    if policy is None:
+        generator = Generator()
+        generator.build()
+        return generator
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        generator = Generator()
+        generator.build()
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    return generator

@@ -43,18 +43,10 @@ def matmul_peak_gflops(dtype, n=2048, repeats=5):
 
 def make_generator(policy, values):
     """A Generator built under `policy` holding the official-layout weights `values`."""
-    from anime_gan.generator import Generator
+    from anime_gan.generator import build_generator
     from anime_gan.weights import tf1_to_generator
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_dtype_policy(policy)
-    try:
-        g = Generator()
-        g.build()
-        tf1_to_generator(values, g)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
-    return g
+    return tf1_to_generator(values, build_generator(policy))
 
 
 def psnr_db(a, b):

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from anime_gan import Generator
+from anime_gan.generator import build_generator
 from anime_gan import constants as C
 from anime_gan.official_graph import OfficialGenerator, random_official_weights
 from anime_gan.weights import convert_checkpoint, load_generator, tf1_to_generator
@@ -109,15 +110,9 @@ def test_mixed_precision_stays_close_to_float32(policy):
     x = np.random.default_rng(5).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
     ref = g32(x).numpy()
     values = {n: v.numpy() for n, v in g32.tf1_variable_map().items()}
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_dtype_policy(policy)
-    try:
-        g = Generator()
-        g.build()
-        tf1_to_generator(values, g)
-        y = g(x)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
+    g = tf1_to_generator(values, build_generator(policy))
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after construction
+    y = g(x)
     assert y.dtype == tf.float32
     assert g.compute_dtype == policy.split("_")[1]
     assert _psnr(ref, y.numpy()) >= 30.0
@@ -129,14 +124,7 @@ def test_bfloat16_single_image_stays_within_35_db_of_float32():
     x = np.random.default_rng(6).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
     ref = g32(x).numpy()
     values = {n: v.numpy() for n, v in g32.tf1_variable_map().items()}
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    try:
-        g = Generator()
-        g.build()
-        tf1_to_generator(values, g)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
+    g = tf1_to_generator(values, build_generator("mixed_bfloat16"))
     compiled = tf.function(g.call, input_signature=[tf.TensorSpec(x.shape, tf.float32)])
     ops = {op.type for op in compiled.get_concrete_function().graph.get_operations()}
     assert "FusedBatchNormV3" in ops  # the fast path is the one judged here
