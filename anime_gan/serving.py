@@ -84,19 +84,11 @@ def _float32_generator(generator):
     Serving runs on any device, where a float16 policy left over from training would only cost
     accuracy; the weights are float32 either way.
     """
-    import keras
-
     if generator.compute_dtype == "float32":
         return generator
-    from anime_gan.generator import Generator
+    from anime_gan.generator import build_generator
 
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        clone = Generator()
-        clone.build()
-    finally:
-        keras.config.set_dtype_policy(previous)
+    clone = build_generator("float32")
     clone.set_weights(generator.get_weights())
     return clone
 
