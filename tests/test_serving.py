@@ -191,17 +191,11 @@ def test_bad_requests_are_invalid_argument_and_the_model_keeps_serving(loaded, r
 
 
 def test_float16_policy_generator_is_served_in_float32(generator):
-    import keras
+    from anime_gan.generator import build_generator
 
     images = random_images((1, 24, 20, 3), seed=13)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        half = Generator()
-        half.build()
-        half.set_weights(generator.get_weights())
-    finally:
-        keras.config.set_dtype_policy(previous)
+    half = build_generator("mixed_float16")
+    half.set_weights(generator.get_weights())
     assert half.compute_dtype == "float16"
     out = StylizeModule(half)(images).numpy()
     assert max_diff(out, reference_stylize(generator, images)) <= 1
@@ -274,6 +268,15 @@ def saved_model_cli():
     return [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
 
 
+def cli_run(saved_model_dir, signature, inputs, outdir):
+    """`saved_model_cli run` of one signature, written to outdir; fails the test if the command does."""
+    run = subprocess.run(
+        saved_model_cli() + ["run", "--dir", str(saved_model_dir), "--tag_set", "serve", "--signature_def",
+                             signature, "--inputs", inputs, "--outdir", str(outdir)],
+        env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_saved_model_cli_show_and_run_both_signatures(saved_model_dir, generator, tmp_path):
     show = subprocess.run(saved_model_cli() + ["show", "--all", "--dir", str(saved_model_dir)],
                           env=ENV, capture_output=True, text=True, timeout=300)
@@ -284,22 +287,12 @@ def test_saved_model_cli_show_and_run_both_signatures(saved_model_dir, generator
 
     images = random_images((2, 12, 19, 3), seed=16)
     np.save(tmp_path / "images.npy", images)
-    run = subprocess.run(
-        saved_model_cli() + ["run", "--dir", str(saved_model_dir), "--tag_set", "serve", "--signature_def",
-                             "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
-                             "--outdir", str(tmp_path / "out1")],
-        env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    cli_run(saved_model_dir, "serving_default", f"images={tmp_path / 'images.npy'}", tmp_path / "out1")
     assert max_diff(np.load(tmp_path / "out1" / "images.npy"), reference_stylize(generator, images)) <= 1
 
     photo = random_images((1, 21, 30, 3), seed=17)[0]
     np.save(tmp_path / "bytes.npy", np.array([encode(photo, ".png")], dtype=object), allow_pickle=True)
-    run = subprocess.run(
-        saved_model_cli() + ["run", "--dir", str(saved_model_dir), "--tag_set", "serve", "--signature_def",
-                             "stylize_bytes", "--inputs", f"image_bytes={tmp_path / 'bytes.npy'}",
-                             "--outdir", str(tmp_path / "out2")],
-        env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    cli_run(saved_model_dir, "stylize_bytes", f"image_bytes={tmp_path / 'bytes.npy'}", tmp_path / "out2")
     result = np.load(tmp_path / "out2" / "image_bytes.npy", allow_pickle=True)
     assert result.shape == (1,)
     assert max_diff(decode_png(bytes(result[0])), reference_stylize(generator, photo[None])[0]) <= 1
