@@ -13,7 +13,8 @@ Weight sources (`load_vgg19(weights=...)`):
 - a path ending ``.npy``: the original's ``vgg19.npy`` (a pickled dict ``"conv1_1" -> [kernel, bias]``).
 - a path ending ``.h5``: a Keras VGG19 weights file (the legacy Keras 2 layout Keras downloads, a
   whole-model ``.h5``, or a Keras 3 ``.weights.h5`` saved from ``keras.applications.VGG19``).
-- ``"random"``: seeded random weights, with a warning (for tests and smoke runs only).
+- ``"random"``: seeded random weights that keep the image (`looks_linear_weights`), with a warning
+  (for tests and smoke runs only).
 - ``"auto"``: ImageNet if it can be had (cache, then download), otherwise random with a loud warning.
 A source that was asked for by name and fails raises `VGGWeightsError`; only ``"auto"`` falls back.
 """
@@ -79,6 +80,37 @@ def caffe_preprocess(images):
     return bgr - tf.constant(C.VGG_MEAN_BGR, tf.float32)
 
 
+def looks_linear_weights(seed: int = 0) -> dict:
+    """Seeded random VGG19 weights that keep the image: {official name: (kernel, bias)}.
+
+    Without ImageNet weights the perceptual losses still need features that depend on the image.
+    He-normal random kernels do not give that here: after twelve random ReLU convolutions the conv4_4
+    features barely depend on the input's colours, and the init phase does not learn to reproduce the
+    photos. These kernels are delta-orthogonal (only the centre tap is non-zero and it is an
+    orthogonal matrix: Xiao et al. 2018) in the looks-linear layout (the output channels come in
+    pairs (u, -u), each layer reads a pair as relu(u) - relu(-u) = u: Balduzzi et al. 2017), with
+    zero biases. Between the pools the stack is then an exact isometry of the Caffe-preprocessed
+    image, and the three 2x2 max pools keep each window's extremes along random colour directions, so
+    conv4_4 is a random but faithful description of the image at 1/8 of its size.
+    """
+    rng = np.random.default_rng(seed)
+    weights, in_channels = {}, 3
+    for official, _, channels in VGG19_CONV_LAYERS:
+        half_in = in_channels if in_channels == 3 else in_channels // 2
+        half_out = channels // 2
+        # Orthonormal rows: half_in x half_out (half_in <= half_out throughout VGG19).
+        q, r = np.linalg.qr(rng.standard_normal((half_out, half_in)))
+        m = (q * np.sign(np.diag(r))).T
+        centre = np.concatenate([m, -m], axis=1)              # u -> (u, -u)
+        if in_channels != 3:
+            centre = np.concatenate([centre, -centre], axis=0)  # (relu(u), relu(-u)) -> u
+        kernel = np.zeros((3, 3, in_channels, channels), np.float32)
+        kernel[1, 1] = centre
+        weights[official] = (kernel, np.zeros(channels, np.float32))
+        in_channels = channels
+    return weights
+
+
 class VGG19Features(keras.Model):
     """Frozen VGG19 feature extractor: images in [-1, 1] (NHWC) -> conv4_4 pre-ReLU features, float32.
 
@@ -92,20 +124,14 @@ class VGG19Features(keras.Model):
         super().__init__(name=name, **kwargs)
         self.convs = []
         in_channels = 3
-        for i, (official, _, channels) in enumerate(VGG19_CONV_LAYERS):
-            # He-normal keeps the activation scale through the ReLU stack, so a random network still
-            # gives losses of a usable size; only smoke runs ever see these values.
-            conv = keras.layers.Conv2D(
-                channels, 3, padding="same", use_bias=True, name=official,
-                kernel_initializer=keras.initializers.HeNormal(seed=seed + i),
-                bias_initializer="zeros",
-            )
+        for official, _, channels in VGG19_CONV_LAYERS:
+            conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=True, name=official)
             conv.build((None, None, None, in_channels))
             self.convs.append(conv)
             in_channels = channels
         self.built = True
         self.trainable = False
-        self.weights_source = "random"
+        self.set_conv_weights(looks_linear_weights(seed), "random")
         self.untrained = True
 
     def conv_layer(self, name):

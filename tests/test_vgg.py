@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan import vgg
+from anime_gan import constants as C, vgg
 
 # The official layout: conv name -> (in, out) channels, VGG19 all the way to conv5_4.
 OFFICIAL = [("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_2", 128, 128),
@@ -318,8 +318,26 @@ def test_random_warns_and_is_seeded(caplog):
     k = lambda m: m.conv_layer("conv3_1").kernel.numpy()
     np.testing.assert_array_equal(k(a), k(b))
     assert not np.array_equal(k(a), k(c))
-    # He-normal scale: std sqrt(2 / fan_in) (truncated normal, hence a little less).
-    assert 0.8 * np.sqrt(2 / (9 * 128)) < k(a).std() < 1.05 * np.sqrt(2 / (9 * 128))
+
+
+def test_random_weights_keep_the_image():
+    """Offline the perceptual losses must still see the image: the random network is exact enough
+    to read each pixel's Caffe colour vector back from conv4_4 where the pools lose nothing."""
+    model = vgg.load_vgg19("random", seed=2)
+    rng = np.random.default_rng(0)
+    # Constant 8x8 blocks: every 2x2 max pool then sees equal values and the stack is linear.
+    blocks = rng.uniform(-1, 1, (2, 4, 4, 3)).astype(np.float32)
+    images = np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2)
+    out = model(images).numpy()
+    assert out.shape == (2, 4, 4, 512)
+    caffe = (blocks[..., ::-1].astype(np.float64) + 1) * 127.5 - np.array(C.VGG_MEAN_BGR)
+    # Looks-linear pairs (u, -u), and u an isometric image of the pixel's colour vector.
+    np.testing.assert_allclose(out[..., 256:], -out[..., :256], atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(out[..., :256], axis=-1), np.linalg.norm(caffe, axis=-1), rtol=1e-4)
+    # ... which is a linear map: the Gram matrix of the features is that of the colours.
+    u = out[..., :256].reshape(-1, 256).astype(np.float64)
+    c = caffe.reshape(-1, 3)
+    np.testing.assert_allclose(u @ u.T, c @ c.T, rtol=1e-3, atol=1e-2 * np.abs(c @ c.T).max())
 
 
 # ---- mixed precision -------------------------------------------------------------------------------------
