@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # Set TF_PACKAGE=tensorflow (GPU-capable build) instead of the lighter CPU-only default if you like.
 TF_PACKAGE ?= tensorflow-cpu
 
-.PHONY: help install test test-slow test-all train data bench golden clean
+.PHONY: help install test test-slow test-all train data bench profile golden clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,3 +43,6 @@ train: $(VENV)/.installed  ## the main job: build the demo set if missing, train
 
 bench: $(VENV)/.installed  ## benchmarks: prints markdown tables, writes bench/results.json (ARGS="--quick" for a short run)
 	$(PY) -m bench $(ARGS)
+
+profile: $(VENV)/.installed  ## TensorBoard profile of the generator (official graph vs ours), op-type table (ARGS="--size=720x1280")
+	$(PY) -m bench.profile_generator $(ARGS)
