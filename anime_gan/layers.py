@@ -21,11 +21,15 @@ def legacy_resize_bilinear(x, height, width):
     TF2's `tf.image.resize` uses half-pixel centres and gives other values; the official
     generator was trained (and its graph is built) with the legacy sampling.
     """
+    # The kernel reads any float type as float32 and always returns float32. Under a mixed policy the
+    # input is cast up here (the same values) so that its gradient is float32 too and the casts
+    # carry both directions: XLA rejects the gradient that ResizeBilinearGrad gives a bfloat16 or
+    # float16 input when it is added to the other (half-precision) gradients.
     y = tf.raw_ops.ResizeBilinear(
-        images=x, size=tf.stack([height, width]), align_corners=False, half_pixel_centers=False
+        images=tf.cast(x, tf.float32), size=tf.stack([height, width]), align_corners=False,
+        half_pixel_centers=False,
     )
-    # The kernel always returns float32; keep the caller's dtype under a mixed policy.
-    return tf.cast(y, x.dtype) if x.dtype != y.dtype else y
+    return tf.cast(y, x.dtype)
 
 
 def reflect_pad(x, top, bottom, left, right):

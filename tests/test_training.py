@@ -168,8 +168,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path):
 
 
 # ---- mixed precision -----------------------------------------------------------------------------
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_steps_are_finite(tmp_path, policy):
+@pytest.mark.parametrize("policy, jit_compile", [
+    ("mixed_float16", False), ("mixed_bfloat16", False),
+    # XLA compiles each step function for tens of seconds on this CPU.
+    pytest.param("mixed_float16", True, marks=pytest.mark.slow),
+    pytest.param("mixed_bfloat16", True, marks=pytest.mark.slow),
+])
+def test_mixed_precision_steps_are_finite(tmp_path, policy, jit_compile):
     import keras
 
     cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, mixed_precision=policy)
@@ -179,7 +184,7 @@ def test_mixed_precision_steps_are_finite(tmp_path, policy):
         model = T.build_model(cfg, strategy)
         assert model.generator.compute_dtype == policy.split("_")[1]
         assert isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
-        init_fn, gan_fn, _ = T._step_functions(model, strategy, jit_compile=False)
+        init_fn, gan_fn, _ = T._step_functions(model, strategy, jit_compile=jit_compile)
         rng = np.random.default_rng(0)
         batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
         before = [v.numpy().copy() for v in model.generator.trainable_variables]
