@@ -466,6 +466,11 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if cfg.batch_size % replicas:
         raise ConfigError(f"--batch_size={cfg.batch_size} is not divisible by the {replicas} replicas of "
                           f"--strategy={cfg.strategy}; use a multiple of {replicas}.")
+    if cfg.jit_compile and cfg.strategy == "mirrored" and replicas > 1 and not tf.config.list_logical_devices("GPU"):
+        # XLA's known issue: a compiled replica function cannot read a variable placed on another CPU
+        # device (InvalidArgumentError "Trying to access resource ... located in device CPU:1").
+        raise ConfigError("--jit_compile does not work with --strategy=mirrored on CPU devices (XLA cannot "
+                          "read a variable placed on another CPU device); drop one of the two.")
     chief = is_chief(strategy)
     _ensure_demo_data(cfg, log)
     previous_policy = _configure(cfg)

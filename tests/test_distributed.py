@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from training_helpers import REPO, env, make_tiny_dataset, tiny_args
+from training_helpers import REPO, STYLE, env, make_tiny_dataset, tiny_args
 
 
 @pytest.mark.slow  # ~40 s: a subprocess building and tracing two models
@@ -25,6 +25,19 @@ def test_two_replica_mirrored_step_equals_one_replica_step():
     assert out["max_weight_diff"] <= 1e-5
     # ...and the step moved the weights far beyond that tolerance.
     assert out["max_trainable_update"] > 1e-3
+
+
+def test_xla_with_mirrored_cpu_devices_is_refused_in_one_sentence(tmp_path):
+    # XLA cannot read a variable placed on another CPU device (its known issue), so the 2-replica
+    # XLA step fails deep inside TensorFlow; train() says so before any work starts.
+    data = make_tiny_dataset(tmp_path / "data", n_photo=4, n_style=4)
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "distributed_check.py"), "xla", str(data), STYLE],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    error = json.loads(r.stdout.strip().splitlines()[-1])["error"]
+    assert not (tmp_path / "data" / "never-written").exists()
+    assert error == ("--jit_compile does not work with --strategy=mirrored on CPU devices (XLA cannot read a "
+                     "variable placed on another CPU device); drop one of the two.")
 
 
 def _free_ports(n):
