@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # Set TF_PACKAGE=tensorflow (GPU-capable build) instead of the lighter CPU-only default if you like.
 TF_PACKAGE ?= tensorflow-cpu
 
-.PHONY: help install test test-slow test-all train data bench profile golden clean
+.PHONY: help install test test-slow test-all test-kernels train data bench profile golden clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,7 +29,19 @@ test-slow: $(VENV)/.installed  ## run only the slow end-to-end tests
 test-all: $(VENV)/.installed  ## run every test, slow ones included
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-golden: $(VENV)/.installed  ## regenerate anime_gan/golden/ from the official graph in ../shared
+# float32 sums depend on the kernels: the exactness tests (official graph, golden vectors) again under
+# other ones (`make test` runs the default kernels). One configuration per word; join variables with
+# commas. tools/golden_spread.py measures the spread these and other configurations cause.
+KERNEL_CONFIGS ?= TF_ENABLE_ONEDNN_OPTS=0 ONEDNN_MAX_CPU_ISA=AVX2
+EXACTNESS_TESTS ?= tests/test_generator.py -k "not mixed_precision and not bfloat16"
+test-kernels: $(VENV)/.installed  ## the exactness tests again with oneDNN off, then oneDNN capped at AVX2 (CI)
+	@set -e; for cfg in $(KERNEL_CONFIGS); do \
+	  echo "== exactness tests under $$cfg"; \
+	  env -u TF_ENABLE_ONEDNN_OPTS -u ONEDNN_MAX_CPU_ISA -u TF_NUM_INTRAOP_THREADS $${cfg//,/ } \
+	    $(PY) -m pytest -q $(EXACTNESS_TESTS) $(PYTEST_ARGS); \
+	done
+
+golden: $(VENV)/.installed  ## maintainers: regenerate anime_gan/golden/ (needs ../shared/reference/, not in a user's clone)
 	$(PY) tools/make_golden.py
 
 clean:  ## remove the virtualenv and caches (keeps dataset/ and checkpoints/)
