@@ -2,8 +2,12 @@
 
     python -m anime_gan.export --checkpoint_dir=checkpoints/hayao --output=models/anime_gan/1
 
---checkpoint_dir is a training or conversion directory holding generator.weights.h5, a .weights.h5
-file, or an official TF1 checkpoint prefix. The SavedModel has two signatures, `serving_default`
+--checkpoint_dir takes whatever `anime_gan.load_generator` reads: a training run's --checkpoint_dir
+(its final generator/generator.weights.h5, else the generator of its newest checkpoint ckpt-N; a
+line on stderr says which), a training checkpoint prefix (run/ckpt-12), a directory holding
+generator.weights.h5 (`anime_gan.convert` output, run/epochs/epoch_NNN), a SavedModel directory
+(re-exported, e.g. with another --max_side), a .weights.h5 file, or an official TF1 checkpoint
+prefix. The SavedModel has two signatures, `serving_default`
 (uint8 images -> uint8 images, same size) and `stylize_bytes` (encoded images -> PNG bytes); see
 `anime_gan.serving`. TF Serving wants a numbered version folder (the `/1` above).
 """
@@ -20,8 +24,9 @@ def define_flags():
     """Defined only when run as a command, so importing this module never adds global flags."""
     flags.DEFINE_string(
         "checkpoint_dir", None,
-        "Directory holding generator.weights.h5 (training or anime_gan.convert output), a .weights.h5 "
-        "file, or a TF1 checkpoint prefix.", required=True)
+        "A training run's --checkpoint_dir (its generator/generator.weights.h5, else its newest ckpt-N), "
+        "a training checkpoint prefix (run/ckpt-12), a directory holding generator.weights.h5, a "
+        "SavedModel directory, a .weights.h5 file or an official TF1 checkpoint prefix.", required=True)
     flags.DEFINE_string("output", None, "SavedModel directory to write (e.g. models/anime_gan/1).", required=True)
     flags.DEFINE_integer(
         "max_side", 4096, "Largest image side the SavedModel accepts; larger inputs get InvalidArgument.",
@@ -49,6 +54,9 @@ def _quiet_tensorflow_logs():
 
 
 def main(argv):
+    from anime_gan.cli import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _quiet_tensorflow_logs()
@@ -63,6 +71,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up INFO lines
     define_flags()
     app.run(main)

@@ -2,10 +2,14 @@
 
     python -m anime_gan.stylize --model=checkpoints/hayao --input=photos/ --output=anime/
 
---model takes a SavedModel directory (from `anime_gan.export` or `anime_gan.convert`), a directory
-holding generator.weights.h5, a .weights.h5 file, or an official TF1 checkpoint prefix.
---input is an image, a folder (sub-folders are mirrored under --output) or a video (written frame
-by frame with OpenCV at the same fps and size; the audio track is not copied).
+--model takes whatever `anime_gan.load_generator` reads (see `anime_gan.weights`): a SavedModel
+directory (from `anime_gan.export`, `anime_gan.convert` or training), a directory holding
+generator.weights.h5, a training run's --checkpoint_dir (its final weights, else its newest
+checkpoint), a training checkpoint prefix (run/ckpt-12), a .weights.h5 file, or an official TF1
+checkpoint prefix.
+--input is an image, a folder (sub-folders are mirrored under --output; the videos in it are
+stylized too, each into NAME.mp4) or a video (written frame by frame with OpenCV at the same fps
+and size; the audio track is not copied).
 
 Each image keeps its exact size (see `anime_gan.serving`). Files that cannot be stylized are
 reported one line each; the others are still written, and the command exits with status 1 and a
@@ -35,8 +39,14 @@ from anime_gan.image_io import ImageError
 
 DEFAULT_BATCH_SIZE = 4
 MODEL_ENV = "ANIME_GAN_MODEL"
-# Brightness weights of the original's --adjust_brightness (ITU-R 601 luma of the channel means).
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+VIDEO_OUTPUT_SUFFIX = ".mp4"  # container of every video we write into a folder (mp4v codec)
+# --adjust_brightness: weights of the R, G, B channel means in the brightness that is matched.
+# "official" is what the original's image path computes: its helper reads channel 0 as B (weight
+# 0.114) and channel 2 as R (0.299), as for an OpenCV BGR array, but is given RGB arrays, so in
+# effect 0.114 R + 0.587 G + 0.299 B. "luma" is true ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B.
+BRIGHTNESS_WEIGHTS = {"official": (0.114, 0.587, 0.299), "luma": (0.299, 0.587, 0.114)}
+BRIGHTNESS_MODES = ("official", "luma", "none")
+LUMA_WEIGHTS = BRIGHTNESS_WEIGHTS["luma"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,22 +124,19 @@ def _stylizer_from_saved_model(path):
 
 
 def load_model(path, max_side=None):
-    """A `Stylizer` from a SavedModel dir, a weights dir/file or a TF1 checkpoint prefix.
+    """A `Stylizer` from any model path `anime_gan.load_generator` accepts (see `anime_gan.weights`).
 
-    max_side is the size cap for weights (a SavedModel keeps the cap it was exported with).
+    A SavedModel runs its own serving signature and keeps the size cap it was exported with; for
+    everything else (weights, training runs and checkpoints, TF1 checkpoints) max_side is the cap.
+    FileNotFoundError / ValueError (one sentence) for anything else.
     """
     from anime_gan.serving import DEFAULT_MAX_SIDE
+    from anime_gan.weights import load_generator, resolve_model
 
     path = pathlib.Path(os.fspath(path)).expanduser()
-    if (path / "saved_model.pb").exists():
-        return _stylizer_from_saved_model(path)
-    if not path.exists() and not pathlib.Path(str(path) + ".index").exists():
-        raise FileNotFoundError(
-            f"no model at {path}; pass a SavedModel directory, a directory holding generator.weights.h5, "
-            "a .weights.h5 file or a TF1 checkpoint prefix."
-        )
-    from anime_gan.weights import load_generator
-
+    source = resolve_model(path)
+    if source.kind == "saved_model":
+        return _stylizer_from_saved_model(source.path)
     generator = load_generator(path)
     return _stylizer_from_generator(generator, max_side or DEFAULT_MAX_SIDE, str(path))
 
@@ -161,18 +168,41 @@ def get_model(model=None):
 # Images
 
 
-def average_brightness(image):
-    """0.299 R + 0.587 G + 0.114 B of the channel means of an RGB image."""
+def brightness_mode(value):
+    """"official" | "luma" | "none" from a mode name or a bool (True: "official", False/None: "none")."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "official"
+    text = str(value).strip().lower()
+    if text in BRIGHTNESS_MODES:
+        return text
+    if text in ("true", "t", "1", "yes", "y", "on"):
+        return "official"
+    if text in ("false", "f", "0", "no", "n", "off", ""):
+        return "none"
+    raise ValueError(
+        f"adjust_brightness must be official (the original's 0.114R+0.587G+0.299B), luma "
+        f"(0.299R+0.587G+0.114B) or none, not {value!r}."
+    )
+
+
+def average_brightness(image, weights="official"):
+    """Weighted sum of the channel means of an RGB image; weights "official" or "luma" (see
+    BRIGHTNESS_WEIGHTS) or three numbers for R, G, B."""
+    weights = BRIGHTNESS_WEIGHTS[weights] if isinstance(weights, str) else weights
     means = np.asarray(image, np.float64).reshape(-1, 3).mean(axis=0)
-    return float(np.dot(LUMA_WEIGHTS, means))
+    return float(np.dot(weights, means))
 
 
-def adjust_brightness(result, photo):
+def adjust_brightness(result, photo, weights="official"):
     """The original's --adjust_brightness: scale the result so its brightness equals the photo's.
 
-    Multiplied in floating point, clipped to [0, 255], truncated to uint8 as in the original.
+    weights: "official" (default; the original's image path, 0.114R+0.587G+0.299B) or "luma"
+    (0.299R+0.587G+0.114B). Multiplied in floating point, clipped to [0, 255], truncated to uint8
+    as in the original.
     """
-    target, current = average_brightness(photo), average_brightness(result)
+    target, current = average_brightness(photo, weights), average_brightness(result, weights)
     if current <= 0.0:  # an all-black result has no brightness to scale
         return np.asarray(result, np.uint8)
     scaled = np.asarray(result, np.float64) * (target / current)
@@ -186,9 +216,11 @@ def stylize(image_uint8, model=None, adjust_brightness=False):
     """Photo(s) -> anime, same size: uint8 [H, W, 3] or [N, H, W, 3] -> uint8 of the same shape.
 
     Grayscale, RGBA and 16-bit arrays are converted to 8-bit RGB first (`image_io.to_rgb_uint8`).
-    model: a SavedModel dir, weights, a TF1 prefix (each loaded once), a Generator, or None for
-    $ANIME_GAN_MODEL. adjust_brightness matches each result's mean brightness to its photo's.
+    model: any path `anime_gan.load_generator` accepts (loaded once), a Generator, or None for
+    $ANIME_GAN_MODEL. adjust_brightness matches each result's mean brightness to its photo's:
+    "official" or True (the original's weights), "luma", or "none" / False (default).
     """
+    mode = brightness_mode(adjust_brightness)
     stylizer = get_model(model)
     array = np.asarray(image_uint8)
     batched = array.ndim == 4
@@ -196,8 +228,8 @@ def stylize(image_uint8, model=None, adjust_brightness=False):
     images = np.stack([image_io.to_rgb_uint8(im) for im in images])
     stylizer.check_size(images.shape[1], images.shape[2])
     out = stylizer(images)
-    if adjust_brightness:
-        out = np.stack([_adjust_brightness(o, p) for o, p in zip(out, images)])
+    if mode != "none":
+        out = np.stack([_adjust_brightness(o, p, mode) for o, p in zip(out, images)])
     return out if batched else out[0]
 
 
@@ -222,29 +254,50 @@ def _report_failure(summary, path, reason, log):
     log(f"error: {message}")
 
 
-def image_jobs(input_dir, output_dir):
-    """[(source, destination)] for every image under input_dir, mirrored under output_dir."""
+def folder_jobs(input_dir, output_dir):
+    """([(source, destination)] of the images, [(source, destination)] of the videos) under
+    input_dir, mirrored under output_dir.
+
+    An image keeps its name and format (GIF and other unwritable formats become PNG). A video is
+    written as NAME.mp4, the container a single --input video gets in a folder --output; where
+    several videos of one folder would share NAME.mp4 (clip.mov beside clip.mp4), each one not
+    already named NAME.mp4 is written as NAME.EXT.mp4 (clip.mov.mp4) instead.
+    """
     input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
-    jobs = []
+    images, videos = [], []
     skip = output_dir.resolve()
     for root, dirs, files in os.walk(input_dir):
         root = pathlib.Path(root)
         # Never stylize our own earlier output when --output lies inside --input.
         dirs[:] = sorted(d for d in dirs if (root / d).resolve() != skip)
+        here = collections.defaultdict(list)  # NAME.mp4 -> the videos of this folder that map to it
         for name in sorted(files):
             src = root / name
+            dst = output_dir / src.relative_to(input_dir)
             if image_io.is_image_path(src):
-                dst = output_dir / src.relative_to(input_dir)
-                jobs.append((src, dst.with_suffix(image_io.output_suffix(src.suffix))))
-    return jobs
+                images.append((src, dst.with_suffix(image_io.output_suffix(src.suffix))))
+            elif image_io.is_video_path(src):
+                here[dst.with_suffix(VIDEO_OUTPUT_SUFFIX)].append((src, dst))
+        for base, group in here.items():
+            for src, dst in group:
+                unique = len(group) == 1 or base.name == src.name
+                videos.append((src, base if unique else dst.with_name(dst.name + VIDEO_OUTPUT_SUFFIX)))
+    return images, sorted(videos)
+
+
+def image_jobs(input_dir, output_dir):
+    """[(source, destination)] for every image under input_dir, mirrored under output_dir."""
+    return folder_jobs(input_dir, output_dir)[0]
 
 
 def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, log=print, progress=None):
     """Stylizes [(source, destination)] image files in batches of equal size; returns a Summary.
 
     Images of one size are batched together (a batch must be one size); a few sizes are held at
-    once and flushed when full, so memory stays bounded on folders of mixed sizes.
+    once and flushed when full, so memory stays bounded on folders of mixed sizes. adjust: a
+    --adjust_brightness mode (see `brightness_mode`).
     """
+    adjust = brightness_mode(adjust)
     summary = Summary()
     pending = collections.OrderedDict()  # (h, w) -> [(src, dst, image)]
     held = 0
@@ -267,8 +320,8 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
             if isinstance(out, Exception):
                 _report_failure(summary, src, str(out), log)
                 continue
-            if adjust:
-                out = adjust_brightness(out, photo)
+            if adjust != "none":
+                out = adjust_brightness(out, photo, adjust)
             try:
                 image_io.write_image(dst, out)
             except (OSError, ImageError) as e:
@@ -313,10 +366,13 @@ def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, 
     """Stylizes a video frame by frame into destination (mp4v codec, same fps and size, no audio).
 
     Written to a temporary file beside destination and moved into place only when complete.
-    Returns the number of frames written; raises ImageError on an unreadable video.
+    Returns the number of frames written; raises ImageError on an unreadable video. adjust: a
+    --adjust_brightness mode (see `brightness_mode`), applied to each frame with its source frame
+    (RGB both).
     """
     import cv2
 
+    adjust = brightness_mode(adjust)
     source, destination = pathlib.Path(source), pathlib.Path(destination)
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
@@ -346,8 +402,8 @@ def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, 
                 photos = np.stack(frames)
                 outputs = stylizer(photos)
                 for out, photo in zip(outputs, photos):
-                    if adjust:
-                        out = adjust_brightness(out, photo)
+                    if adjust != "none":
+                        out = adjust_brightness(out, photo, adjust)
                     writer.write(np.ascontiguousarray(out[..., ::-1]))
                 written += len(frames)
                 if progress is not None:
@@ -405,10 +461,12 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
         log=None, show_progress=None):
     """Everything `python -m anime_gan.stylize` does, minus flag parsing. Returns a Summary.
 
+    adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
     Raises ImageError / FileNotFoundError / ValueError for unusable --input/--output/--model.
     """
     from tqdm import tqdm
 
+    adjust = brightness_mode(adjust)
     if batch_size < 1:
         raise ValueError(f"--batch_size={batch_size} must be at least 1.")
     kind, destination = plan_output(input_path, output_path)
@@ -421,25 +479,71 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
         if kind == "video":
             bar.unit = "frame"
             summary = Summary()
-            try:
-                frames = stylize_video(stylizer, input_path, destination, batch_size, adjust, progress=bar)
-                summary.written.append(str(destination))
-                log(f"wrote {frames} frames to {destination} (audio is not copied)")
-            except ImageError as e:
-                _report_failure(summary, input_path, str(e), log)
+            _stylize_video_job(stylizer, input_path, destination, batch_size, adjust, summary, log, bar)
             return summary
         if kind == "image":
-            jobs = [(pathlib.Path(input_path), destination)]
+            jobs, videos = [(pathlib.Path(input_path), destination)], []
         else:
-            jobs = image_jobs(input_path, destination)
-            if not jobs:
-                raise ImageError(f"--input={input_path} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)}).")
-        bar.reset(total=len(jobs))
-        return stylize_images(stylizer, jobs, batch_size, adjust, log=log, progress=bar)
+            jobs, videos = folder_jobs(input_path, destination)
+            if not jobs and not videos:
+                raise ImageError(f"--input={input_path} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)}) "
+                                 f"and no videos ({', '.join(image_io.VIDEO_SUFFIXES)}).")
+        if videos:
+            bar.unit = "file"
+        bar.reset(total=len(jobs) + len(videos))
+        summary = stylize_images(stylizer, jobs, batch_size, adjust, log=log, progress=bar)
+        for src, dst in videos:
+            # Frames on a second bar under the files' bar.
+            with tqdm(total=0, unit="frame", desc=src.name, disable=disable, leave=False, position=1,
+                      file=sys.stderr, dynamic_ncols=True) as frames:
+                _stylize_video_job(stylizer, src, dst, batch_size, adjust, summary, log, frames)
+            bar.update(1)
+        return summary
+
+
+def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summary, log, progress):
+    """stylize_video, its outcome recorded in summary and logged in one line."""
+    try:
+        frames = stylize_video(stylizer, source, destination, batch_size, adjust, progress=progress)
+    except ImageError as e:
+        _report_failure(summary, source, str(e), log)
+    except OSError as e:
+        _report_failure(summary, source, f"cannot write {destination}: {e.strerror or e}", log)
+    else:
+        summary.written.append(str(destination))
+        log(f"wrote {frames} frames to {destination} (audio is not copied)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
+
+
+def _brightness_flag():
+    """--adjust_brightness[=official|luma|none] and --noadjust_brightness: a string flag that also
+    parses as a boolean (bare = official), so the original's boolean spelling still works."""
+    from absl import flags
+
+    class BrightnessParser(flags.ArgumentParser):
+        def parse(self, argument):
+            return brightness_mode(argument)
+
+        def flag_type(self):
+            return "string"
+
+    class BrightnessFlag(flags.Flag):
+        def __init__(self):
+            super().__init__(
+                BrightnessParser(), flags.ArgumentSerializer(), "adjust_brightness", "none",
+                "Match each result's mean brightness to its photo's, as the original's option does: "
+                "=official, or the bare flag, weights the channel means as the original's image path does, "
+                "0.114R+0.587G+0.299B (its helper assumes BGR but is given RGB); =luma uses true luma, "
+                "0.299R+0.587G+0.114B; =none, or --noadjust_brightness, leaves the results as they are.",
+                boolean=True)
+
+        def _serialize(self, value):
+            return f"--{self.name}={value}"
+
+    return BrightnessFlag()
 
 
 def define_flags():
@@ -448,20 +552,20 @@ def define_flags():
 
     flags.DEFINE_string(
         "model", None,
-        "A SavedModel directory, a directory holding generator.weights.h5, a .weights.h5 file or a TF1 "
-        "checkpoint prefix.", required=True)
+        "A SavedModel directory, a directory holding generator.weights.h5, a training run's "
+        "--checkpoint_dir (its generator/generator.weights.h5, else its newest ckpt-N), a training "
+        "checkpoint prefix (run/ckpt-12), a .weights.h5 file or an official TF1 checkpoint prefix.",
+        required=True)
     flags.DEFINE_string(
-        "input", None, "An image, a folder of images (searched recursively) or a video.", required=True)
+        "input", None,
+        "An image, a folder of images and videos (searched recursively) or a video.", required=True)
     flags.DEFINE_string(
         "output", None,
-        "Where to write: a file or folder for an image, a folder (sub-folders mirrored) for a folder, "
-        "a file (.mp4, .avi, ...) or folder for a video.", required=True)
+        "Where to write: a file or folder for an image, a folder (sub-folders mirrored, videos as "
+        "NAME.mp4) for a folder, a file (.mp4, .avi, ...) or folder for a video.", required=True)
     flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images (of one size) or video frames per batch.",
                          lower_bound=1)
-    flags.DEFINE_boolean(
-        "adjust_brightness", False,
-        "Scale each result so its mean brightness (0.299R+0.587G+0.114B) equals its photo's, as the "
-        "original's option.")
+    flags.DEFINE_flag(_brightness_flag())
     flags.DEFINE_integer(
         "max_side", None,
         "Largest image side accepted when --model is weights (default 4096); a SavedModel keeps the "
@@ -477,11 +581,15 @@ def _quiet_tensorflow_logs():
 
 
 def main(argv):
+    from anime_gan.cli import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
     from absl import app, flags
 
     FLAGS = flags.FLAGS
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        hint = (f"; write --adjust_brightness={argv[1]}" if argv[1] in BRIGHTNESS_MODES else "")
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}{hint}")
     _quiet_tensorflow_logs()
     try:
         summary = run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
@@ -512,6 +620,5 @@ sys.modules[__name__].__class__ = _CallableModule
 if __name__ == "__main__":
     from absl import app
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up INFO lines
     define_flags()
     app.run(main)

@@ -1,13 +1,28 @@
-"""Generator weights on disk: our Keras 3 `.weights.h5` files and official TF1 checkpoints.
+"""Generator weights on disk: our Keras 3 files, training runs and checkpoints, official TF1 checkpoints.
 
-`load_generator(path)` is the one door in: a directory holding `generator.weights.h5`, a
-`.weights.h5` file, or a TF1 checkpoint prefix in the official layout (`.index` + `.data-*`).
+`load_generator(path)` is the one door in. It accepts, in this order of preference:
+
+1. a SavedModel folder (from `anime_gan.export`, `anime_gan.convert` or training): its variables;
+2. a folder holding `generator.weights.h5` (`anime_gan.convert` output, `<run>/epochs/epoch_NNN`);
+3. a training run folder (`--checkpoint_dir` of `anime_gan.train`): its final weights
+   `generator/generator.weights.h5`, or, if the run has not finished (still running or stopped),
+   the generator of the newest training checkpoint `ckpt-N` in it; a folder holding an official TF1
+   checkpoint (its `checkpoint` file names it) is read the same way;
+4. a training checkpoint prefix such as `<run>/ckpt-12` (TF2, object-based);
+5. a `.weights.h5` file;
+6. an official TF1 checkpoint prefix (`.index` + `.data-*`, name-based).
+
+TF2 and TF1 checkpoints are told apart by the `_CHECKPOINTABLE_OBJECT_GRAPH` entry only TF2 writes.
+When a run folder or a training checkpoint is read, one line on stderr says which weights were used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
+import re
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -16,10 +31,18 @@ from anime_gan import constants as C
 from anime_gan.generator import build_generator
 
 WEIGHTS_FILENAME = "generator.weights.h5"
+RUN_WEIGHTS = f"generator/{WEIGHTS_FILENAME}"  # a training run's final weights, inside its folder
+SAVED_MODEL_FILENAME = "saved_model.pb"
+TF2_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 (object-based) checkpoints only
+ACCEPTED_FORMS = (
+    "a SavedModel folder, a folder holding generator.weights.h5, a training run folder (its "
+    f"{RUN_WEIGHTS}, else its newest ckpt-N), a training checkpoint prefix such as run/ckpt-12, "
+    "a .weights.h5 file or an official TF1 checkpoint prefix"
+)
 
 
 class CheckpointMismatchError(ValueError):
-    """A TF1 checkpoint that is not the official AnimeGAN generator."""
+    """A checkpoint or SavedModel that does not hold the AnimeGAN generator."""
 
 
 def save_generator(generator, directory):
@@ -38,6 +61,11 @@ def _is_tf1_prefix(path):
     return pathlib.Path(str(path) + ".index").exists()
 
 
+def _first_line(error):
+    text = str(getattr(error, "message", error)).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+
+
 def read_tf1_checkpoint(prefix):
     """{variable name: array} of the generator variables in a TF1 checkpoint.
 
@@ -51,7 +79,12 @@ def read_tf1_checkpoint(prefix):
     try:
         reader = tf.train.load_checkpoint(prefix)
     except Exception as e:  # a missing data shard, a corrupt index
-        raise CheckpointMismatchError(f"cannot read the TF1 checkpoint {prefix}: {e}") from None
+        raise CheckpointMismatchError(f"cannot read the TF1 checkpoint {prefix}: {_first_line(e)}.") from None
+    if reader.has_tensor(TF2_OBJECT_GRAPH):
+        raise CheckpointMismatchError(
+            f"{prefix} is a TF2 checkpoint (anime_gan.train writes these), not an official TF1 one; "
+            "stylize --model, export --checkpoint_dir and anime_gan.load_generator read it as it is."
+        )
     names = [n for n in reader.get_variable_to_shape_map() if n.startswith("generator/")]
     names = [n for n in names if "/Adam" not in n]
     return {n: reader.get_tensor(n) for n in names}
@@ -91,39 +124,180 @@ def generator_to_tf1(generator):
     return {name: np.asarray(var.numpy()) for name, var in generator.tf1_variable_map().items()}
 
 
-def load_generator(path, policy=None):
-    """A ready Generator from a directory, a `.weights.h5` file or a TF1 checkpoint prefix.
+# ---- TF2 training checkpoints and SavedModels ------------------------------------------------------
+def restore_training_checkpoint(prefix, generator):
+    """Sets `generator` from the generator of a TF2 checkpoint written by `anime_gan.train`.
+
+    The training checkpoint holds G as `generator` (Keras 3 exposes only the output kernel to
+    tf.train.Checkpoint this way) and every G weight once more as the flat list `generator_weights`;
+    both are restored, and every one of G's variables must find its value, else
+    CheckpointMismatchError. Optimizer slots, D, the step and the data iterator are left unread.
+    """
+    if not generator.built:
+        generator.build()
+    checkpoint = tf.train.Checkpoint(generator=generator, generator_weights=list(generator.weights))
+    try:
+        status = checkpoint.restore(str(prefix)).expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        unmatched = re.search(r"Found (\d+) Python objects that were not bound", str(e))
+        reason = (f"{unmatched.group(1)} of the generator's {len(generator.weights)} variables have no value in it"
+                  if unmatched else _first_line(e)[:300])
+        raise CheckpointMismatchError(
+            f"{prefix} is a TF2 checkpoint but not one of anime_gan.train's ({reason})."
+        ) from None
+    return generator
+
+
+def restore_saved_model(directory, generator):
+    """Sets `generator` from a SavedModel written by `anime_gan.serving.export_saved_model`.
+
+    The SavedModel tracks G's variables as the list `generator_variables`, in `generator.weights`
+    order; they are read from its `variables/` checkpoint (its graphs are not loaded), and their
+    number and shapes must be G's, else CheckpointMismatchError.
+    """
+    if not generator.built:
+        generator.build()
+    prefix = pathlib.Path(directory) / "variables" / "variables"
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+    except Exception as e:  # no variables/ folder, a missing shard
+        raise CheckpointMismatchError(f"cannot read the variables of the SavedModel at {directory}: "
+                                      f"{_first_line(e)}.") from None
+    weights = generator.weights
+    key = "generator_variables/{}/.ATTRIBUTES/VARIABLE_VALUE".format
+    shapes = reader.get_variable_to_shape_map()
+    count = sum(1 for i in range(len(weights) + 1) if key(i) in shapes)
+    wrong = [i for i, w in enumerate(weights) if key(i) in shapes and tuple(shapes[key(i)]) != tuple(w.shape)]
+    if count != len(weights) or wrong:
+        raise CheckpointMismatchError(
+            f"the SavedModel at {directory} was not exported by anime_gan (it holds {count} generator "
+            f"variables{f', {len(wrong)} of another shape' if wrong else ''}; the generator has "
+            f"{len(weights)}); pass the weights or checkpoint it was exported from."
+        )
+    for i, w in enumerate(weights):
+        w.assign(reader.get_tensor(key(i)))
+    return generator
+
+
+# ---- what a path holds -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """What `resolve_model` found: kind is saved_model | weights | tf2_checkpoint | tf1_checkpoint.
+
+    `note` says how a folder was resolved (empty when the path named the model itself, as the
+    user expects); `load_generator` logs it.
+    """
+
+    kind: str
+    path: pathlib.Path
+    note: str = ""
+
+
+def _checkpoint_kind(prefix):
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+    except Exception as e:  # a missing data shard, a corrupt index
+        raise CheckpointMismatchError(f"cannot read the checkpoint {prefix}: {_first_line(e)}.") from None
+    if not reader.has_tensor(TF2_OBJECT_GRAPH):
+        return "tf1_checkpoint", ""
+    progress = []
+    for name, label in (("step", "step"), ("epoch", "epochs done")):
+        key = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+        if reader.has_tensor(key):
+            progress.append(f"{label} {int(reader.get_tensor(key))}")
+    return "tf2_checkpoint", f" ({', '.join(progress)})" if progress else ""
+
+
+def _checkpoint_number(prefix):
+    match = re.search(r"-(\d+)$", prefix.name)
+    return int(match.group(1)) if match else -1
+
+
+def newest_checkpoint(directory):
+    """The prefix of the newest checkpoint in directory (its `checkpoint` file, else the highest
+    -N among the *.index files), or None."""
+    directory = pathlib.Path(directory)
+    try:
+        latest = tf.train.latest_checkpoint(str(directory))
+    except Exception:  # noqa: BLE001 - an unreadable `checkpoint` file: fall back to the *.index files
+        latest = None
+    if latest is not None:
+        return pathlib.Path(latest)
+    prefixes = [p.with_suffix("") for p in directory.glob("*.index") if p.is_file()]
+    if not prefixes:
+        return None
+    return max(prefixes, key=lambda p: (_checkpoint_number(p), pathlib.Path(str(p) + ".index").stat().st_mtime))
+
+
+def resolve_model(path):
+    """A ModelSource for any accepted form of path (see the module docstring), or a one-sentence
+    FileNotFoundError / ValueError saying what was looked for."""
+    path = pathlib.Path(os.fspath(path)).expanduser()
+    # A checkpoint's own file named instead of its prefix.
+    match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path.name)
+    if match and path.is_file():
+        path = path.with_name(match.group(1))
+    if path.is_dir():
+        if (path / SAVED_MODEL_FILENAME).is_file():
+            return ModelSource("saved_model", path)
+        if (path / WEIGHTS_FILENAME).is_file():
+            return ModelSource("weights", path / WEIGHTS_FILENAME)
+        if (path / RUN_WEIGHTS).is_file():
+            return ModelSource("weights", path / RUN_WEIGHTS,
+                               f"{path} is a training run: using its final weights {path / RUN_WEIGHTS}")
+        prefix = newest_checkpoint(path)
+        if prefix is None:
+            raise FileNotFoundError(
+                f"no model in {path}: looked for {SAVED_MODEL_FILENAME}, {WEIGHTS_FILENAME}, a training run's "
+                f"{RUN_WEIGHTS} and a checkpoint (a training run's ckpt-N or an official TF1 one) in it "
+                "and found none."
+            )
+        kind, progress = _checkpoint_kind(prefix)
+        note = ""
+        if kind == "tf2_checkpoint":
+            note = (f"{path} has no {RUN_WEIGHTS} (a run still in progress or stopped): using the generator "
+                    f"of its newest training checkpoint {prefix}{progress}")
+        return ModelSource(kind, prefix, note)
+    if _is_tf1_prefix(path):
+        kind, progress = _checkpoint_kind(path)
+        note = f"using the generator of the training checkpoint {path}{progress}" if kind == "tf2_checkpoint" else ""
+        return ModelSource(kind, path, note)
+    if path.is_file():
+        if path.name.endswith(".weights.h5"):
+            return ModelSource("weights", path)
+        raise ValueError(f"{path} is not a model file; pass {ACCEPTED_FORMS}.")
+    raise FileNotFoundError(f"no model at {path} (nothing by that name, nor {path}.index); pass {ACCEPTED_FORMS}.")
+
+
+def _log_to_stderr(message):
+    print(f"note: {message}.", file=sys.stderr, flush=True)
+
+
+def load_generator(path, policy=None, log=None):
+    """A ready Generator from any of the forms in the module docstring (a SavedModel folder, a
+    weights folder, a training run folder, a training checkpoint prefix, a `.weights.h5` file or
+    an official TF1 checkpoint prefix).
 
     `policy`: the Keras dtype policy to compute under (None: the global one); "mixed_bfloat16" is
-    the fast CPU path (>= 35 dB PSNR from float32, see README "Speed").
+    the fast CPU path (>= 35 dB PSNR from float32, see README "Speed"). `log(message)` receives
+    the line saying which weights of a training run were used (default: stderr).
     """
-    path = pathlib.Path(path)
-    if path.is_dir():
-        if (path / WEIGHTS_FILENAME).exists():
-            path = path / WEIGHTS_FILENAME
-        else:
-            # A directory holding one TF1 checkpoint (e.g. the official release folder).
-            latest = tf.train.latest_checkpoint(str(path))
-            if latest is None:
-                raise FileNotFoundError(
-                    f"{path} holds neither {WEIGHTS_FILENAME} nor a TF1 checkpoint; "
-                    "pass a .weights.h5 file, a checkpoint prefix or a directory with one of them."
-                )
-            path = pathlib.Path(latest)
-    if _is_tf1_prefix(path):
-        return tf1_to_generator(read_tf1_checkpoint(path), build_generator(policy))
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no generator weights at {path}; pass a .weights.h5 file, a TF1 checkpoint prefix "
-            "or a directory holding generator.weights.h5."
-        )
-    if not str(path).endswith(".weights.h5"):
-        raise ValueError(f"{path} is not a Keras weights file (expected a name ending in .weights.h5).")
+    source = resolve_model(path)
     generator = build_generator(policy)
-    try:
-        generator.load_weights(str(path))
-    except Exception as e:
-        raise ValueError(f"cannot load generator weights from {path}: {e}") from None
+    if source.kind == "tf1_checkpoint":
+        tf1_to_generator(read_tf1_checkpoint(source.path), generator)
+    elif source.kind == "tf2_checkpoint":
+        restore_training_checkpoint(source.path, generator)
+    elif source.kind == "saved_model":
+        restore_saved_model(source.path, generator)
+    else:
+        try:
+            generator.load_weights(str(source.path))
+        except Exception as e:
+            raise ValueError(f"cannot load generator weights from {source.path}: {_first_line(e)}.") from None
+    if source.note:
+        (log or _log_to_stderr)(source.note)
     return generator
 
 

@@ -87,12 +87,34 @@ def test_an_animeganv2_style_checkpoint_is_refused(tmp_path):
 
 
 def test_missing_paths_say_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no generator weights at"):
+    with pytest.raises(FileNotFoundError, match="no model at .*nothing.weights.h5 .*; pass a SavedModel folder, "
+                                                ".* a .weights.h5 file or an official TF1 checkpoint prefix"):
         load_generator(tmp_path / "nothing.weights.h5")
-    with pytest.raises(FileNotFoundError, match="neither generator.weights.h5 nor a TF1 checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no model in .*: looked for saved_model.pb, generator.weights.h5, "
+                                                "a training run's generator/generator.weights.h5 and a checkpoint"):
         load_generator(tmp_path)
     with pytest.raises(FileNotFoundError, match="no TF1 checkpoint at"):
         read_tf1_checkpoint(tmp_path / "absent")
+
+
+def test_a_folder_naming_an_official_checkpoint_is_read(official_values, tmp_path):
+    """The official release folder: a `checkpoint` file naming Hayao-60 (TF1, name-based)."""
+    _write_tf1_checkpoint(official_values, tmp_path / "release" / "Hayao-60")
+    assert (tmp_path / "release" / "checkpoint").exists()
+    notes = []
+    back = generator_to_tf1(load_generator(tmp_path / "release", log=notes.append))
+    assert notes == []
+    for n, v in official_values.items():
+        np.testing.assert_array_equal(back[n], v)
+
+
+def test_convert_refuses_a_tf2_checkpoint_by_kind(tmp_path):
+    g = Generator()
+    g.build()
+    prefix = tf.train.Checkpoint(generator=g, generator_weights=list(g.weights)).save(str(tmp_path / "run" / "ckpt"))
+    with pytest.raises(CheckpointMismatchError, match="is a TF2 checkpoint .*not an official TF1 one"):
+        read_tf1_checkpoint(prefix)
+    np.testing.assert_array_equal(load_generator(prefix, log=lambda m: None).out_kernel.numpy(), g.out_kernel.numpy())
 
 
 def test_convert_command(official_values, tmp_path):

@@ -143,21 +143,51 @@ def test_unreadable_files_name_themselves(tmp_path, content, message):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_adjust_brightness_against_hand_values():
+# The original's image path weights R and B as 0.114 and 0.299 (its helper reads RGB as BGR);
+# "luma" is true luma.
+WEIGHTINGS = [("official", 0.114, 0.299), ("luma", 0.299, 0.114)]
+
+
+@pytest.mark.parametrize("mode, w_red, w_blue", WEIGHTINGS)
+def test_adjust_brightness_against_hand_values(mode, w_red, w_blue):
     from anime_gan.stylize import adjust_brightness
 
     photo = np.zeros((2, 2, 3), np.uint8)
-    photo[..., 0], photo[..., 1], photo[..., 2] = 100, 50, 200  # brightness 0.299*100+0.587*50+0.114*200
+    photo[..., 0], photo[..., 1], photo[..., 2] = 100, 50, 200  # brightness w_red*100+0.587*50+w_blue*200
     result = np.full((2, 2, 3), 40, np.uint8)                     # brightness 40
-    result[0, 0] = (250, 40, 40)  # brightness of the means: 40 + 0.299 * 210 / 4
-    b_photo = 0.299 * 100 + 0.587 * 50 + 0.114 * 200
-    b_result = 40 + 0.299 * 210 / 4
+    result[0, 0] = (250, 40, 40)  # brightness of the means: 40 + w_red * 210 / 4
+    b_photo = w_red * 100 + 0.587 * 50 + w_blue * 200
+    b_result = 40 + w_red * 210 / 4
     scale = b_photo / b_result
-    out = adjust_brightness(result, photo)
+    out = adjust_brightness(result, photo, mode)
     assert out[1, 1, 0] == int(40 * scale)          # truncated, not rounded
     assert out[0, 0, 0] == 255                      # 250 * 1.46 clipped
     assert out[0, 0, 1] == int(40 * scale)
-    assert np.array_equal(adjust_brightness(np.zeros_like(result), photo), np.zeros_like(result))
+    assert np.array_equal(adjust_brightness(np.zeros_like(result), photo, mode), np.zeros_like(result))
+
+
+@pytest.mark.parametrize("mode, w_red, w_blue", WEIGHTINGS)
+def test_adjust_brightness_weightings_against_numpy(mode, w_red, w_blue):
+    from anime_gan.stylize import adjust_brightness, brightness_mode
+
+    photo = textured((30, 40, 3), seed=40)
+    photo[..., 0] //= 3                                          # a blue photo: mean R << mean B
+    result = textured((30, 40, 3), seed=41)
+    result[..., 2] //= 2                                         # a red result
+    def brightness(im):
+        m = im.reshape(-1, 3).astype(np.float64).mean(axis=0)
+        return w_red * m[0] + 0.587 * m[1] + w_blue * m[2]
+    expected = np.clip(result.astype(np.float64) * (brightness(photo) / brightness(result)), 0, 255).astype(np.uint8)
+    out = adjust_brightness(result, photo, mode)
+    assert np.array_equal(out, expected)
+    other = adjust_brightness(result, photo, "luma" if mode == "official" else "official")
+    assert max_diff(out, other) >= 10  # the two weightings differ on this pair
+    if mode == "official":  # the default, as the original's option; True means it too
+        assert np.array_equal(adjust_brightness(result, photo), out)
+        assert brightness_mode(True) == brightness_mode("official") == "official"
+    assert brightness_mode(False) == brightness_mode(None) == brightness_mode("none") == "none"
+    with pytest.raises(ValueError, match="must be official .* luma .* or none, not 'bgr'"):
+        brightness_mode("bgr")
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +210,9 @@ def test_python_api_keeps_size_and_matches_the_generator(generator, weights_dir)
     gray = photo[..., 0]
     assert max_diff(anime_gan.stylize(gray, model=weights_dir), reference_stylize(generator, np.stack([gray] * 3, -1))) <= 1
     bright = stylize_module.stylize(photo, model=weights_dir, adjust_brightness=True)
-    assert max_diff(bright, stylize_module.adjust_brightness(out, photo)) <= 1
+    assert max_diff(bright, stylize_module.adjust_brightness(out, photo, "official")) <= 1
+    luma = stylize_module.stylize(photo, model=weights_dir, adjust_brightness="luma")
+    assert max_diff(luma, stylize_module.adjust_brightness(out, photo, "luma")) <= 1
     with pytest.raises(ImageError, match="at least 8 pixels"):
         anime_gan.stylize(np.zeros((1, 1, 3), np.uint8), model=weights_dir)
 
@@ -277,13 +309,17 @@ def test_cli_folder_mirrors_reports_bad_files_and_carries_on(generator, weights_
     assert not list(out.rglob(".tmp-*"))
 
 
-def test_cli_single_image_and_bad_arguments(weights_dir, tmp_path):
+def test_cli_single_image_and_bad_arguments(generator, weights_dir, tmp_path):
+    from anime_gan.stylize import adjust_brightness
+
     photo = textured((24, 20, 3), seed=16)
     write_rgb(tmp_path / "photo.jpg", photo)
     proc = run_cli(f"--model={weights_dir}", f"--input={tmp_path / 'photo.jpg'}",
-                   f"--output={tmp_path / 'out' / 'anime.png'}", "--adjust_brightness")
+                   f"--output={tmp_path / 'out' / 'anime.png'}", "--adjust_brightness")  # bare: official
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_rgb(tmp_path / "out" / "anime.png").shape == photo.shape
+    decoded = image_io.read_image(tmp_path / "photo.jpg")
+    expected = adjust_brightness(reference_stylize(generator, decoded), decoded, "official")
+    assert max_diff(read_rgb(tmp_path / "out" / "anime.png"), expected) <= 2
 
     proc = run_cli(f"--model={weights_dir}", f"--input={tmp_path / 'nothing.jpg'}", f"--output={tmp_path}")
     assert proc.returncode == 2
@@ -302,6 +338,8 @@ def test_cli_help_lists_the_flags():
     assert "Traceback" not in proc.stderr
     for flag in ["--model", "--input", "--output", "--batch_size", "--[no]adjust_brightness", "--max_side"]:
         assert flag in proc.stdout, flag
+    for text in ["=official", "0.114R+0.587G+0.299B", "=luma", "0.299R+0.587G+0.114B", "=none", "training run"]:
+        assert text in proc.stdout, text
 
 
 def test_video_round_trip_keeps_frames_fps_and_size(generator, weights_dir, tmp_path):
@@ -344,3 +382,75 @@ def test_video_round_trip_keeps_frames_fps_and_size(generator, weights_dir, tmp_
         err = np.abs(result - expected).mean()
         assert err < 0.5 * np.abs(result - other).mean()
         assert err < 0.5 * np.abs(result - expected[..., ::-1]).mean()
+
+
+def test_folder_jobs_mirror_videos_as_mp4(tmp_path):
+    from anime_gan.stylize import folder_jobs
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for name in ["a.png", "b.gif", "sub/clip.mp4", "sub/clip.mov", "sub/talk.AVI", "sub/notes.txt"]:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"")
+    images, videos = folder_jobs(src, out)
+    assert images == [(src / "a.png", out / "a.png"), (src / "b.gif", out / "b.png")]
+    assert videos == [(src / "sub/clip.mov", out / "sub/clip.mov.mp4"), (src / "sub/clip.mp4", out / "sub/clip.mp4"),
+                      (src / "sub/talk.AVI", out / "sub/talk.mp4")]
+
+
+def write_video(path, frames, fps=5.0, fourcc="mp4v"):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[..., ::-1]))
+    writer.release()
+
+
+def read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    meta = (cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame[..., ::-1])
+    cap.release()
+    return meta, frames
+
+
+def test_cli_folder_stylizes_the_videos_in_it(generator, weights_dir, tmp_path):
+    from anime_gan.stylize import adjust_brightness
+
+    src, out = tmp_path / "photos", tmp_path / "anime"
+    photo = textured((24, 32, 3), seed=50)
+    photo[..., 2] //= 3  # unequal R and B means: luma and the original's weights differ
+    write_rgb(src / "a.png", photo)
+    (src / "sub").mkdir()
+    clips = {"sub/clip.avi": [textured((24, 32, 3), seed=60 + i) for i in range(3)],
+             "sub/walk.mp4": [textured((32, 40, 3), seed=70 + i) for i in range(4)]}
+    for name, frames in clips.items():
+        write_video(src / name, frames)
+    (src / "sub" / "broken.mkv").write_bytes(b"not a video")
+
+    proc = run_cli(f"--model={weights_dir}", f"--input={src}", f"--output={out}", "--batch_size=2",
+                   "--adjust_brightness=luma")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "stylized 3 of 4 inputs; 1 failed" in proc.stderr
+    assert f"error: {src / 'sub' / 'broken.mkv'} is not a readable video" in proc.stderr
+    for name, frames in clips.items():
+        dst = (out / name).with_suffix(".mp4")
+        assert f"wrote {len(frames)} frames to {dst} (audio is not copied)" in proc.stderr
+        (fps, w, h), result = read_video(dst)
+        (_, _, _), source = read_video(src / name)
+        assert (fps, h, w) == (5.0, *frames[0].shape[:2]) and len(result) == len(frames) == len(source)
+        # mp4v is lossy: the first frame is much nearer its own stylized, brightness-matched source
+        # frame than the next one's.
+        expected = adjust_brightness(reference_stylize(generator, source[0]), source[0], "luma").astype(int)
+        other = adjust_brightness(reference_stylize(generator, source[1]), source[1], "luma").astype(int)
+        assert np.abs(result[0] - expected).mean() < 0.5 * np.abs(result[0] - other).mean()
+    luma = adjust_brightness(reference_stylize(generator, photo), photo, "luma")
+    official = adjust_brightness(reference_stylize(generator, photo), photo, "official")
+    assert max_diff(luma, official) >= 5
+    assert max_diff(read_rgb(out / "a.png"), luma) <= 2
+    assert not list(out.rglob(".tmp-*"))
