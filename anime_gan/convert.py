@@ -20,6 +20,9 @@ flags.DEFINE_integer("max_side", 4096, "Largest image side the exported SavedMod
 
 
 def main(argv):
+    from anime_gan.cli import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.tf1_checkpoint or not FLAGS.output:

@@ -8,8 +8,12 @@ import sys
 
 from absl import app, flags, logging
 
-from anime_gan import constants as C
-from anime_gan import training
+from anime_gan.cli import quiet_tensorflow_import
+
+quiet_tensorflow_import()
+
+from anime_gan import constants as C  # noqa: E402
+from anime_gan import training  # noqa: E402
 
 _D = training.TrainConfig()
 FLAGS = flags.FLAGS
@@ -57,6 +61,8 @@ flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch, "Override the steps 
 flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
                      "Also checkpoint every N steps (0: only at the end of each epoch).")
 flags.DEFINE_integer("max_to_keep", _D.max_to_keep, "Training checkpoints kept.")
+flags.DEFINE_bool("epoch_weights", _D.epoch_weights, "Also save the generator's weights after every epoch "
+                  "(<checkpoint_dir>/epochs/epoch_NNN/, 16 MB each).")
 flags.DEFINE_bool("export_saved_model", _D.export_saved_model, "Write <checkpoint_dir>/saved_model at the end.")
 flags.DEFINE_bool("progress", _D.progress, "Show a progress bar.")
 

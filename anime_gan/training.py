@@ -91,6 +91,7 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: from the data
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     max_to_keep: int = 3
+    epoch_weights: bool = True  # generator weights after every epoch, in <checkpoint_dir>/epochs/
     export_saved_model: bool = True
     progress: bool = True
 
@@ -378,14 +379,22 @@ class TrainResult:
     saved_model: str | None
     steps: int
     epochs: int
+    steps_this_run: int
     vgg_untrained: bool
     vgg_source: str
     last_losses: dict
     model: object = dataclasses.field(default=None, repr=False)
 
     def text(self) -> str:
+        if self.steps_this_run == 0:
+            head = f"already complete: {self.epochs} epochs, {self.steps} steps (nothing left to train)"
+        elif self.steps_this_run < self.steps:
+            head = (f"trained {self.steps_this_run} steps (resumed at step {self.steps - self.steps_this_run}); "
+                    f"the run is complete: {self.epochs} epochs, {self.steps} steps")
+        else:
+            head = f"trained {self.epochs} epochs, {self.steps} steps"
         lines = [
-            f"trained {self.epochs} epochs, {self.steps} steps",
+            head,
             f"checkpoint (resume):   {self.checkpoint_dir}",
             f"generator weights:     {self.generator_dir}  (anime_gan.load_generator reads this)",
         ]
@@ -484,7 +493,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
 def _train(cfg, strategy, chief, log):
     from anime_gan.data import make_train_dataset, make_val_dataset
-    from anime_gan.weights import save_generator
+    from anime_gan.weights import WEIGHTS_FILENAME, save_generator
 
     ds, data_steps, _report = make_train_dataset(
         cfg.dataset_dir, cfg.dataset, cfg.batch_size, img_size=cfg.img_size, seed=cfg.seed, shuffle=True)
@@ -523,6 +532,10 @@ def _train(cfg, strategy, chief, log):
         checkpoint.restore(latest).assert_existing_objects_matched()
         log(f"Resuming from {latest} (step {int(step_var)}, epoch {int(epoch_var)}).")
     step, epoch = int(step_var), int(epoch_var)
+    first_step = step
+    if epoch >= cfg.epoch:
+        log(f"The run in {cfg.checkpoint_dir} is already complete ({epoch} of --epoch={cfg.epoch} epochs); "
+            f"nothing to train. Pass a larger --epoch to train on, or a new --checkpoint_dir to start over.")
 
     logs = _Log(cfg.log_dir, chief)
     if chief:
@@ -533,6 +546,7 @@ def _train(cfg, strategy, chief, log):
     split = _splitter(strategy, cfg.batch_size)
     epochs_dir = os.path.join(cfg.checkpoint_dir, "epochs")
     last_losses = {}
+    traced = set()  # the phases whose step function this process has already traced
 
     from tqdm import tqdm
 
@@ -546,6 +560,10 @@ def _train(cfg, strategy, chief, log):
                 raise ConfigError(f"The checkpoint in {cfg.checkpoint_dir} is at step {step} of epoch {epoch}, "
                                   f"which does not fit {steps_per_epoch} steps per epoch; resume with the "
                                   f"same --steps_per_epoch and data, or use a new --checkpoint_dir.")
+            if phase not in traced and in_epoch < steps_per_epoch:
+                traced.add(phase)
+                log(f"Building the {phase}-phase step: its first call traces and optimises the graph, "
+                    f"which takes longer than the steps after it ...")
             bar = tqdm(total=steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{cfg.epoch} {phase}",
                        disable=not (cfg.progress and chief), file=sys.stderr, dynamic_ncols=True)
             while in_epoch < steps_per_epoch:
@@ -585,7 +603,8 @@ def _train(cfg, strategy, chief, log):
             # epoch as done (a kill in between redoes this part on resume, with the same result).
             epoch += 1
             if chief:
-                save_generator(model.generator, os.path.join(epochs_dir, f"epoch_{epoch:03d}"))
+                if cfg.epoch_weights:
+                    save_generator(model.generator, os.path.join(epochs_dir, f"epoch_{epoch:03d}"))
                 if epoch >= cfg.init_epoch:
                     # The original writes samples after every epoch from the end of the init phase on.
                     grid = sample_grid(model.generator, val_images)
@@ -600,12 +619,19 @@ def _train(cfg, strategy, chief, log):
     saved_model = None
     loss_plot = None
     if chief:
-        save_generator(model.generator, generator_dir)
+        trained_now = step > first_step
+        if trained_now or not os.path.exists(os.path.join(generator_dir, WEIGHTS_FILENAME)):
+            save_generator(model.generator, generator_dir)
         loss_plot = plot_losses(logs.path, os.path.join(cfg.log_dir, LOSS_PLOT_FILE))
         if cfg.export_saved_model:
             from anime_gan.serving import export_saved_model
 
-            saved_model = export_saved_model(model.generator, os.path.join(cfg.checkpoint_dir, "saved_model"))
+            saved_model = os.path.join(cfg.checkpoint_dir, "saved_model")
+            if trained_now or not os.path.exists(os.path.join(saved_model, "saved_model.pb")):
+                log(f"Exporting the SavedModel to {saved_model} (traces its two serving signatures) ...")
+                t0 = time.perf_counter()
+                export_saved_model(model.generator, saved_model)
+                log(f"Exported in {time.perf_counter() - t0:.0f} s.")
     else:
         shutil.rmtree(own_dir, ignore_errors=True)
     if vgg.untrained:
@@ -613,6 +639,6 @@ def _train(cfg, strategy, chief, log):
     return TrainResult(
         checkpoint_dir=cfg.checkpoint_dir, generator_dir=generator_dir, sample_dir=cfg.sample_dir,
         log_dir=cfg.log_dir, metrics_path=logs.path, loss_plot=loss_plot, saved_model=saved_model,
-        steps=step, epochs=epoch, vgg_untrained=bool(vgg.untrained), vgg_source=vgg.weights_source,
+        steps=step, epochs=epoch, steps_this_run=step - first_step, vgg_untrained=bool(vgg.untrained), vgg_source=vgg.weights_source,
         last_losses=last_losses, model=model,
     )

@@ -110,6 +110,17 @@ def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
     grid = cv2.imread(os.path.join(res.sample_dir, samples[-1]))
     assert grid.shape == (2 * 32, 2 * 32, 3)  # 2 val images, photo | generated
     assert glob.glob(os.path.join(res.log_dir, "events.out.tfevents.*"))
+    # TensorBoard (installed with the project) reads every step's scalars and the sample grids back.
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(res.log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    assert events.SummaryMetadata("gan/g_loss").plugin_data.plugin_name == "scalars"
+    assert [e.step for e in events.Tensors("gan/g_loss")] == [5, 6, 7, 8]
+    assert [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("init/init_loss")] == pytest.approx(
+        [r["init_loss"] for r in records[:4]], rel=1e-6)
+    assert events.SummaryMetadata("photo | generated").plugin_data.plugin_name == "images"
+    assert len(events.Tensors("photo | generated")) == 2
     plot = cv2.imread(res.loss_plot)
     assert plot is not None and plot.std() > 0
 
@@ -139,9 +150,13 @@ def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
     for a, b in zip(fresh.generator.weights + fresh.discriminator.weights, trained):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
 
-    # Re-running a finished run restores it and trains nothing more.
-    res2 = T.train(cfg, log=lambda *a: None)
+    # Re-running a finished run restores it, trains nothing more and says so.
+    assert res.steps_this_run == 8 and res.text().startswith("trained 2 epochs, 8 steps")
+    said = []
+    res2 = T.train(cfg, log=said.append)
     assert res2.steps == 8 and [json.loads(line) for line in open(res2.metrics_path)] == records
+    assert res2.steps_this_run == 0 and res2.text().startswith("already complete: 2 epochs, 8 steps")
+    assert any("already complete" in line for line in said)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path):
