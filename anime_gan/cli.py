@@ -1,4 +1,5 @@
-"""What every command (`python -m anime_gan.train`, `stylize`, `export`, `convert`) shares.
+"""What every command (`python -m anime_gan.train`, `stylize`, `export`, `convert`) shares: `run(main)`
+(logging, exit codes, see below) and a quiet TensorFlow import.
 
 `quiet_tensorflow_import()` runs before a command first imports TensorFlow. TensorFlow 2.21 prints
 its start-up banner (oneDNN round-off notice, CPU feature guard, absl's "All log messages before
@@ -46,3 +47,43 @@ def quiet_tensorflow_import() -> None:
             kept = [line for line in text.splitlines() if line.strip() and not _BANNER.search(line)]
             if kept:
                 print("\n".join(kept), file=sys.stderr)
+
+
+# ---- running a command --------------------------------------------------------------------------
+LOGGERS = ("anime_gan", "data_prep")  # the commands read datasets, so data_prep's messages show too
+
+
+def setup_logging() -> None:
+    """One plain handler on the "anime_gan" and "data_prep" loggers: `message`, `warning: message`,
+    `error: message` on stderr, above any progress bar (see `data_prep.console`). `run` calls it."""
+    from data_prep import console
+
+    console.setup_logging(*LOGGERS)
+
+
+def _quiet_tensorflow_logs() -> None:
+    # TensorFlow logs a dozen INFO lines per SavedModel save/load and checkpoint write through absl's
+    # handler; --verbosity=0 brings them back.
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def _prepare() -> None:
+    quiet_tensorflow_import()
+    _quiet_tensorflow_logs()
+
+
+def run(main) -> None:
+    """The one way every command (train, stylize, export, convert) runs `main(argv)`.
+
+    absl's `app.run` with the project's contract (`anime_gan.errors`): a flag absl cannot parse or a
+    USER_ERRORS exception prints `error: <message>` and exits 2; TrainingStopped prints its message
+    and exits 1; Ctrl-C exits 130 without a traceback; `main`'s own return value is the exit status
+    otherwise. Before `main`: logging (`setup_logging`) and a quiet TensorFlow import.
+    """
+    from anime_gan.errors import USER_ERRORS, TrainingStopped
+    from data_prep import console
+
+    console.run(main, user_errors=USER_ERRORS, failures=(TrainingStopped,), loggers=LOGGERS, prepare=_prepare)

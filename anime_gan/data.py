@@ -24,13 +24,15 @@ restores the exact position, shuffle order and crops.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from data_prep import report as _report
+from anime_gan.image_io import images_to_unit_range
+from data_prep import report
+from data_prep.files import IMAGE_EXTENSIONS
 from data_prep.report import DataError, FolderReport
 
 __all__ = ["DataError", "TrainDataReport", "make_train_dataset", "make_val_dataset", "scan_images",
@@ -43,8 +45,10 @@ KIND_RGB_ONLY = 2  # CMYK JPEG or BMP: grayscale computed from RGB with OpenCV's
 
 _AUTOTUNE = tf.data.AUTOTUNE
 
+log = logging.getLogger(__name__)
 
-def _kind(info: _report.ImageInfo) -> int:
+
+def _kind(info: report.ImageInfo) -> int:
     if info.format == "jpeg":
         return KIND_RGB_ONLY if info.cmyk else KIND_JPEG
     return KIND_PNG if info.format == "png" else KIND_RGB_ONLY
@@ -106,10 +110,6 @@ def _fit(img: tf.Tensor, img_size: int, seed: tf.Tensor) -> tf.Tensor:
     return out
 
 
-def _to_unit(x: tf.Tensor) -> tf.Tensor:
-    return x / 127.5 - 1.0  # the original's scaling to [-1, 1]
-
-
 def load_image(path, kind, seed, img_size: int, rgb: bool = True, gray: bool = False):
     """Read one file; returns (rgb [S,S,3], gray [S,S,3]) float32 in [-1, 1] for the parts requested."""
     contents = tf.io.read_file(path)
@@ -120,7 +120,7 @@ def load_image(path, kind, seed, img_size: int, rgb: bool = True, gray: bool = F
     if gray:
         parts.append(_decode_gray(contents, kind, rgb_img))
     # One crop for RGB and grayscale together, so x is exactly the grayscale of the anime image.
-    fitted = _to_unit(_fit(tf.concat(parts, -1) if len(parts) > 1 else parts[0], img_size, seed))
+    fitted = images_to_unit_range(_fit(tf.concat(parts, -1) if len(parts) > 1 else parts[0], img_size, seed))
     out = []
     if rgb:
         out.append(fitted[..., :3])
@@ -161,17 +161,17 @@ def scan_images(folder: str, img_size: int = 256, gray: bool = False, what: str 
     Raises DataError (one sentence naming the folder) when the folder is missing or has none usable.
     """
     min_side = min_side if min_side is not None else max(2, img_size // 4)
-    rep = _report.scan_folder(folder, min_side, warn_fn=logging.warning, require_images=False)
+    rep = report.scan_folder(folder, min_side, require_images=False)
     paths = [i.path for i in rep.images]
     kinds = [_kind(i) for i in rep.images]
     failed = _trial_decode(paths, kinds, gray) if paths else {}
     for i, reason in failed.items():
-        logging.warning("%s: skipped (%s)", paths[i], reason)
+        log.warning("%s: skipped (%s)", paths[i], reason)
         rep.bad.append((paths[i], reason))
     rep.images = [info for i, info in enumerate(rep.images) if i not in failed]
     keep = [i for i in range(len(paths)) if i not in failed]
     if not keep:
-        raise DataError(f"Folder {folder} holds no usable {what} ({', '.join(_report.IMAGE_EXTENSIONS)}); "
+        raise DataError(f"Folder {folder} holds no usable {what} ({', '.join(IMAGE_EXTENSIONS)}); "
                         "add images or run `make data`.")
     return [paths[i] for i in keep], [kinds[i] for i in keep], rep
 
@@ -243,7 +243,7 @@ def make_train_dataset(dataset_dir: str, style: str, batch_size: int, img_size: 
     options = tf.data.Options()
     options.deterministic = True
     ds = ds.with_options(options)
-    logging.info("training data:\n%s", rep.summary())
+    log.debug("training data:\n%s", rep.summary())  # training logs the summary itself
     return ds, steps, rep
 
 
@@ -262,18 +262,18 @@ def make_val_dataset(val_dir: str, img_size: int = 256, limit: int | None = None
     """
     import cv2
 
-    rep = _report.scan_folder(val_dir, 2, warn_fn=logging.warning, require_images=False)
+    rep = report.scan_folder(val_dir, 2, require_images=False)
     out = []
     for info in rep.images:
         if limit is not None and len(out) >= limit:
             break
         bgr = cv2.imdecode(np.fromfile(info.path, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
-            logging.warning("%s: skipped (OpenCV cannot decode it)", info.path)
+            log.warning("%s: skipped (OpenCV cannot decode it)", info.path)
             continue
         h, w = bgr.shape[:2]
         rgb = cv2.resize(bgr, (_val_size(w, img_size), _val_size(h, img_size)))[..., ::-1]
-        out.append((os.path.basename(info.path), (rgb.astype(np.float32) / 127.5 - 1.0)[None]))
+        out.append((os.path.basename(info.path), images_to_unit_range(rgb[None]).numpy()))
     if not out:
         raise DataError(f"Folder {val_dir} holds no usable images for samples; add a few photos or run `make data`.")
     return out

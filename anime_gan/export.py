@@ -15,13 +15,15 @@ prefix. The SavedModel has two signatures, `serving_default`
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from anime_gan import constants as C
+from anime_gan.errors import ConfigError, OutputExistsError
 
 
 def define_flags():
     """Defined only when run as a command, so importing this module never adds global flags."""
+    from absl import flags
+
     flags.DEFINE_string(
         "checkpoint_dir", None,
         "A training run's --checkpoint_dir (its generator/generator.weights.h5, else its newest ckpt-N), "
@@ -29,15 +31,16 @@ def define_flags():
         "SavedModel directory, a .weights.h5 file or an official TF1 checkpoint prefix.", required=True)
     flags.DEFINE_string("output", None, "SavedModel directory to write (e.g. models/anime_gan/1).", required=True)
     flags.DEFINE_integer(
-        "max_side", 4096, "Largest image side the SavedModel accepts; larger inputs get InvalidArgument.",
-        lower_bound=8)
+        "max_side", C.DEFAULT_MAX_SIDE, "Largest image side the SavedModel accepts; larger inputs get "
+        "InvalidArgument.", lower_bound=C.MIN_SIDE)
     flags.DEFINE_boolean("overwrite", False, "Replace an existing SavedModel at --output.")
 
 
-def export(checkpoint_dir, output, max_side=4096, overwrite=False):
+def export(checkpoint_dir, output, max_side=C.DEFAULT_MAX_SIDE, overwrite=False):
     """Loads the generator and writes the SavedModel; returns its path. Errors are one sentence."""
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
-        raise FileExistsError(f"--output={output} already exists; pass --overwrite to replace it or choose another path.")
+        raise OutputExistsError(
+            f"--output={output} already exists; pass --overwrite to replace it or choose another path.")
     from anime_gan.serving import export_saved_model
     from anime_gan.weights import load_generator
 
@@ -45,31 +48,20 @@ def export(checkpoint_dir, output, max_side=4096, overwrite=False):
     return export_saved_model(generator, output, max_side=max_side)
 
 
-def _quiet_tensorflow_logs():
-    # TF logs a dozen INFO lines per SavedModel save/load; --verbosity=0 brings them back.
-    from absl import flags, logging
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-
-
 def main(argv):
-    from anime_gan.cli import quiet_tensorflow_import
+    """The command (run by `anime_gan.cli.run`)."""
+    from absl import flags
 
-    quiet_tensorflow_import()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    _quiet_tensorflow_logs()
+        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value.")
     FLAGS = flags.FLAGS
-    try:
-        path = export(FLAGS.checkpoint_dir, FLAGS.output, FLAGS.max_side, FLAGS.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = export(FLAGS.checkpoint_dir, FLAGS.output, FLAGS.max_side, FLAGS.overwrite)
     print(f"wrote {path} (signatures serving_default, stylize_bytes; max side {FLAGS.max_side})")
     return 0
 
 
 if __name__ == "__main__":
+    from anime_gan import cli
+
     define_flags()
-    app.run(main)
+    cli.run(main)

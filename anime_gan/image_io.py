@@ -1,4 +1,5 @@
-"""Reading and writing images for stylization: any common file in, 8-bit RGB out.
+"""Images in and out: any common file in, 8-bit RGB out; and the one mapping between uint8 pixels
+and the networks' [-1, 1] range.
 
 Pixels are decoded by OpenCV with IMREAD_UNCHANGED so that 16-bit samples and alpha survive to be
 handled here; with that flag OpenCV ignores the EXIF orientation, so the tag is read with Pillow
@@ -8,28 +9,58 @@ handled here; with that flag OpenCV ignores the EXIF orientation, so the tag is 
 - RGBA / gray + alpha -> composited over white (transparent areas usually hold black or garbage);
 - first frame of an animated GIF.
 Every failure is an `ImageError` whose message is one sentence naming the problem and the fix.
+
+Pixel mapping, as in the original (its training input and its inference): x = u8 / 127.5 - 1 in,
+u8 = truncate(clip((y + 1) / 2 * 255, 0, 255)) out (truncation, not rounding, like the original's
+`astype(uint8)`). `images_to_unit_range` and `unit_range_to_images` are TensorFlow ops, so the same
+functions run inside the exported SavedModel's graph, in tf.data and eagerly on NumPy arrays.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import pathlib
-import tempfile
 
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from anime_gan.errors import UserError
+from data_prep import files
+
+# Stylizing reads through OpenCV, which also decodes GIF, WebP and TIFF; the training set keeps to
+# the formats TensorFlow's decoders and the header sniffer read (data_prep.files.IMAGE_EXTENSIONS).
+IMAGE_SUFFIXES = files.IMAGE_EXTENSIONS + (".gif", ".webp", ".tif", ".tiff")
 # Formats written back in their own format; anything else (GIF) is written as PNG.
-WRITABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+WRITABLE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
-JPEG_QUALITY = 95
 EXIF_ORIENTATION = 0x0112
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that cannot be stylized; the message says why and what to do."""
+
+
+# ---- pixels <-> the networks' range ---------------------------------------------------------------
+# TensorFlow is imported on first call: the commands import this module before TensorFlow loads.
+
+def images_to_unit_range(images):
+    """uint8 (or float) pixels in [0, 255] -> float32 in [-1, 1] by x / 127.5 - 1, the original's mapping."""
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def unit_range_to_pixels(y):
+    """float [-1, 1] -> float [0, 255] by (y + 1) / 2 * 255, unclipped (e.g. VGG's Caffe input)."""
+    return (y + 1.0) / 2.0 * 255.0
+
+
+def unit_range_to_images(y):
+    """float [-1, 1] -> uint8: (y + 1) / 2 * 255, clipped, truncated like the original."""
+    import tensorflow as tf
+
+    # tf.cast from float to uint8 truncates toward zero, which is numpy's astype(uint8) here.
+    return tf.cast(tf.clip_by_value(unit_range_to_pixels(y), 0.0, 255.0), tf.uint8)
 
 
 def is_image_path(path):
@@ -138,32 +169,16 @@ def output_suffix(suffix):
     return suffix if suffix in WRITABLE_SUFFIXES else ".png"
 
 
-def make_readable(path):
-    """mkstemp creates files 0600; give the finished file the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def write_image(path, image_rgb):
-    """Writes uint8 RGB to path (format from its suffix), atomically: no half-written files."""
+    """Writes uint8 RGB (or gray) to path, format from its suffix, atomically (`data_prep.files.write_image`).
+
+    ImageError for a suffix stylize does not write or a format OpenCV cannot encode; OSError when
+    the file cannot be written.
+    """
     path = pathlib.Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in WRITABLE_SUFFIXES:
+    if path.suffix.lower() not in WRITABLE_SUFFIXES:
         raise ImageError(f"cannot write {path}: use one of {', '.join(WRITABLE_SUFFIXES)} as the suffix.")
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
-    ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(image_rgb[..., ::-1]), params)
-    if not ok:
-        raise ImageError(f"OpenCV could not encode {path}; try a .png output.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encoded.tobytes())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        return files.write_image(path, image_rgb)
+    except ValueError as e:
+        raise ImageError(str(e)) from None

@@ -2,14 +2,23 @@
 
 This is our ground truth: tests and benchmarks compare our Keras Generator against it. The graph
 lives in its own `tf.Graph` and `tf.compat.v1.Session`, so the rest of the process stays eager.
+`OFFICIAL_META` is where the graph is found: the project's shared folder (../shared beside the
+clone, or $ANIME_GAN_SHARED), absent from a user's clone, where tests that need it are skipped.
 """
 
 from __future__ import annotations
+
+import os
+import pathlib
 
 import numpy as np
 import tensorflow as tf
 
 from anime_gan import constants as C
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("ANIME_GAN_SHARED", REPO.parent / "shared"))
+OFFICIAL_META = SHARED / "reference" / "official_hayao_generator" / "Hayao-60.ckpt.meta"
 
 
 def random_official_weights(shapes, seed):

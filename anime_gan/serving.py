@@ -16,14 +16,13 @@ Signatures
 Sizes. The original resized every photo to multiples of 32 before running G. Here each image is
 instead reflect-padded at the bottom and right to the next multiple of 4 (G halves the resolution
 twice), stylized, and cropped back, so the output has exactly the input's size and no resampling
-blurs it. G itself needs at least 8 pixels per side after that padding (its reflect pads need 2
-pixels at quarter resolution), so sides under `MIN_SIDE` = 8 are refused; sides over `max_side`
-are refused too. Both refusals are `InvalidArgumentError`s raised inside the graph: a bad request
-fails alone and the server keeps serving.
+blurs it. The size rule (`size_error` in Python, `size_checks` in the graph, one wording): each side
+at least `MIN_SIDE` = 8 pixels (G's reflect pads need 2 pixels at quarter resolution) and at most
+`max_side`. In the graph a refusal is an `InvalidArgumentError`: a bad request fails alone and the
+server keeps serving.
 
-Pixel mapping, as in the original's inference: x = u8 / 127.5 - 1 in, and
-u8 = truncate(clip((y + 1) / 2 * 255, 0, 255)) out (truncation, not rounding, like the original's
-`astype(uint8)`).
+Pixel mapping: `anime_gan.image_io.images_to_unit_range` in, `unit_range_to_images` out (the
+original's x / 127.5 - 1 and truncate(clip((y + 1) / 2 * 255))).
 """
 
 from __future__ import annotations
@@ -35,11 +34,9 @@ import tempfile
 import tensorflow as tf
 
 from anime_gan import constants as C
-
-# Smallest side G accepts after padding to a multiple of 4 (found by running G on 1..12 pixels:
-# 8 is the first size whose quarter-resolution maps are wide enough for the reflect pads).
-MIN_SIDE = 8
-DEFAULT_MAX_SIDE = 4096
+from anime_gan.constants import DEFAULT_MAX_SIDE, MIN_SIDE
+from anime_gan.errors import ConfigError, OutputExistsError
+from anime_gan.image_io import images_to_unit_range, unit_range_to_images
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "stylize_bytes"
@@ -47,34 +44,31 @@ IMAGES_KEY = "images"
 BYTES_KEY = "image_bytes"
 
 
-def images_to_unit_range(images_uint8):
-    """uint8 [0, 255] -> float32 [-1, 1] by x / 127.5 - 1, the original's input mapping."""
-    return tf.cast(images_uint8, tf.float32) / 127.5 - 1.0
+# The size rule's two sentences; {name}, {height} and {width} are filled in per image.
+_TOO_SMALL = ("{name} is {height}x{width} pixels (height x width); each side must be at least "
+              f"{MIN_SIDE} pixels (the generator halves the image twice); upscale it or leave it out.")
+_TOO_LARGE = ("{name} is {height}x{width} pixels (height x width); each side must be at most {max_side} "
+              "pixels (the size cap of this model); downscale it or use a model exported with a larger "
+              "--max_side.")
 
 
-def unit_range_to_images(y):
-    """float [-1, 1] -> uint8: (y + 1) / 2 * 255, clipped, truncated like the original."""
-    # tf.cast from float to uint8 truncates toward zero, which is numpy's astype(uint8) here.
-    return tf.cast(tf.clip_by_value((y + 1.0) / 2.0 * 255.0, 0.0, 255.0), tf.uint8)
+def size_error(height, width, max_side, name="image"):
+    """The one sentence saying why an image of this size cannot be stylized, or None if it can."""
+    if min(height, width) < MIN_SIDE:
+        return _TOO_SMALL.format(name=name, height=height, width=width)
+    if max(height, width) > max_side:
+        return _TOO_LARGE.format(name=name, height=height, width=width, max_side=max_side)
+    return None
 
 
 def size_checks(height, width, max_side):
-    """In-graph checks of one image size; they raise InvalidArgumentError with a clear message."""
-    small = tf.debugging.Assert(
-        tf.minimum(height, width) >= MIN_SIDE,
-        [tf.strings.format(
-            "image is {}x{} (height x width) pixels; each side must be at least " f"{MIN_SIDE} pixels.",
-            (height, width),
-        )],
-    )
-    large = tf.debugging.Assert(
-        tf.maximum(height, width) <= max_side,
-        [tf.strings.format(
-            "image is {}x{} (height x width) pixels; each side must be at most " f"{max_side} pixels "
-            "(the size cap of this model; re-export with a larger --max_side or downscale the image).",
-            (height, width),
-        )],
-    )
+    """`size_error` in the graph: assertions that raise InvalidArgumentError with the same sentences."""
+    def message(template):
+        return tf.strings.format(template.format(name="image", height="{}", width="{}", max_side=max_side),
+                                 (height, width))
+
+    small = tf.debugging.Assert(tf.minimum(height, width) >= MIN_SIDE, [message(_TOO_SMALL)])
+    large = tf.debugging.Assert(tf.maximum(height, width) <= max_side, [message(_TOO_LARGE)])
     return [small, large]
 
 
@@ -111,7 +105,7 @@ class StylizeModule(tf.Module):
             generator.build()
         max_side = int(max_side)
         if max_side < MIN_SIDE:
-            raise ValueError(f"max_side={max_side} is below the smallest side G accepts ({MIN_SIDE}).")
+            raise ConfigError(f"--max_side={max_side} is below the smallest side G accepts ({MIN_SIDE}).")
         generator = _float32_generator(generator)
         # Only the raw variables are tracked; the generator is held by the closures below, so the
         # SavedModel contains variables and graphs, no Keras objects.
@@ -185,11 +179,11 @@ def export_saved_model(generator, output_dir, max_side=DEFAULT_MAX_SIDE):
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not os.path.exists(
         os.path.join(output_dir, "saved_model.pb")
     ):
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{output_dir} exists and is not a SavedModel; choose another --output or empty it first."
         )
     if os.path.isfile(output_dir):
-        raise FileExistsError(f"{output_dir} is a file; pass a directory path as --output.")
+        raise OutputExistsError(f"{output_dir} is a file; pass a directory path as --output.")
     module = StylizeModule(generator, max_side=max_side)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import pathlib
 import re
@@ -34,8 +35,14 @@ import types
 
 import numpy as np
 
+from anime_gan import constants as C
 from anime_gan import image_io
+from anime_gan.errors import EXIT_FAILED, ConfigError, ModelError
 from anime_gan.image_io import ImageError
+from data_prep.files import make_readable
+
+# Named, not __name__: run as `python -m anime_gan.stylize` this module is "__main__".
+log = logging.getLogger("anime_gan.stylize")
 
 DEFAULT_BATCH_SIZE = 4
 MODEL_ENV = "ANIME_GAN_MODEL"
@@ -66,18 +73,12 @@ class Stylizer:
         self._keep_alive = keep_alive  # a loaded SavedModel must outlive its signatures
 
     def check_size(self, height, width, name="image"):
-        from anime_gan.serving import MIN_SIDE
+        """ImageError unless the size rule (`anime_gan.serving.size_error`) accepts the image."""
+        from anime_gan.serving import size_error
 
-        if min(height, width) < MIN_SIDE:
-            raise ImageError(
-                f"{name} is {height}x{width} pixels; each side must be at least {MIN_SIDE} pixels "
-                "(the generator halves the image twice); upscale it or leave it out."
-            )
-        if max(height, width) > self.max_side:
-            raise ImageError(
-                f"{name} is {height}x{width} pixels; each side must be at most {self.max_side} pixels "
-                "(the model's size cap); downscale it or use a model exported with a larger --max_side."
-            )
+        problem = size_error(height, width, self.max_side, name)
+        if problem:
+            raise ImageError(problem)
 
     def __call__(self, images):
         import tensorflow as tf
@@ -116,7 +117,7 @@ def _stylizer_from_saved_model(path):
 
     loaded = tf.saved_model.load(str(path))
     if SERVING_SIGNATURE not in loaded.signatures:
-        raise ValueError(f"the SavedModel at {path} has no {SERVING_SIGNATURE} signature; re-export it.")
+        raise ModelError(f"the SavedModel at {path} has no {SERVING_SIGNATURE} signature; re-export it.")
     fn = loaded.signatures[SERVING_SIGNATURE]
     variable = getattr(loaded, "max_side_variable", None)
     max_side = int(variable.numpy()) if variable is not None else DEFAULT_MAX_SIDE
@@ -128,7 +129,7 @@ def load_model(path, max_side=None):
 
     A SavedModel runs its own serving signature and keeps the size cap it was exported with; for
     everything else (weights, training runs and checkpoints, TF1 checkpoints) max_side is the cap.
-    FileNotFoundError / ValueError (one sentence) for anything else.
+    PathNotFoundError / ModelError (one sentence) for anything else.
     """
     from anime_gan.serving import DEFAULT_MAX_SIDE
     from anime_gan.weights import load_generator, resolve_model
@@ -151,7 +152,7 @@ def get_model(model=None):
     if model is None:
         model = os.environ.get(MODEL_ENV)
         if not model:
-            raise ValueError(f"no model given; pass model=PATH (a SavedModel or weights) or set ${MODEL_ENV}.")
+            raise ConfigError(f"no model given; pass model=PATH (a SavedModel or weights) or set ${MODEL_ENV}.")
     if isinstance(model, (str, os.PathLike)):
         key = os.path.abspath(os.fspath(model))
         if key not in _MODELS:
@@ -181,7 +182,7 @@ def brightness_mode(value):
         return "official"
     if text in ("false", "f", "0", "no", "n", "off", ""):
         return "none"
-    raise ValueError(
+    raise ConfigError(
         f"adjust_brightness must be official (the original's 0.114R+0.587G+0.299B), luma "
         f"(0.299R+0.587G+0.114B) or none, not {value!r}."
     )
@@ -248,10 +249,9 @@ class Summary:
         return not self.failed
 
 
-def _report_failure(summary, path, reason, log):
+def _report_failure(summary, path, reason):
     summary.failed.append((str(path), reason))
-    message = reason if str(path) in reason else f"{path}: {reason}"
-    log(f"error: {message}")
+    log.error("%s", reason if str(path) in reason else f"{path}: {reason}")
 
 
 def folder_jobs(input_dir, output_dir):
@@ -290,8 +290,10 @@ def image_jobs(input_dir, output_dir):
     return folder_jobs(input_dir, output_dir)[0]
 
 
-def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, log=print, progress=None):
+def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None):
     """Stylizes [(source, destination)] image files in batches of equal size; returns a Summary.
+
+    Each file that fails is logged (one error line) and listed in the Summary; the others are written.
 
     Images of one size are batched together (a batch must be one size); a few sizes are held at
     once and flushed when full, so memory stays bounded on folders of mixed sizes. adjust: a
@@ -318,14 +320,14 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
                     outputs.append(e)
         for (src, dst, photo), out in zip(items, outputs):
             if isinstance(out, Exception):
-                _report_failure(summary, src, str(out), log)
+                _report_failure(summary, src, str(out))
                 continue
             if adjust != "none":
                 out = adjust_brightness(out, photo, adjust)
             try:
                 image_io.write_image(dst, out)
             except (OSError, ImageError) as e:
-                _report_failure(summary, src, f"cannot write {dst}: {e}", log)
+                _report_failure(summary, src, f"cannot write {dst}: {e}")
                 continue
             summary.written.append(str(dst))
         if progress is not None:
@@ -336,7 +338,7 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
             image = image_io.read_image(src)
             stylizer.check_size(image.shape[0], image.shape[1], str(src))
         except ImageError as e:
-            _report_failure(summary, src, str(e), log)
+            _report_failure(summary, src, str(e))
             if progress is not None:
                 progress.update(1)
             continue
@@ -411,7 +413,7 @@ def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, 
             writer.release()
             if written == 0:
                 raise ImageError(f"{source} has no readable frames; check the file.")
-            image_io.make_readable(tmp)
+            make_readable(tmp)
             os.replace(tmp, destination)
         finally:
             writer.release()
@@ -458,28 +460,27 @@ def plan_output(input_path, output_path):
 
 
 def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=False, max_side=None,
-        log=None, show_progress=None):
+        show_progress=None):
     """Everything `python -m anime_gan.stylize` does, minus flag parsing. Returns a Summary.
 
     adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
-    Raises ImageError / FileNotFoundError / ValueError for unusable --input/--output/--model.
+    Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an unusable
+    --input, --output, --model or flag. Messages go to the "anime_gan.stylize" logger.
     """
     from tqdm import tqdm
 
     adjust = brightness_mode(adjust)
     if batch_size < 1:
-        raise ValueError(f"--batch_size={batch_size} must be at least 1.")
+        raise ConfigError(f"--batch_size={batch_size} must be at least 1.")
     kind, destination = plan_output(input_path, output_path)
     stylizer = load_model(model, max_side=max_side)
     # disable=None: a bar on a terminal, none in logs and pipes.
     disable = None if show_progress is None else not show_progress
     with tqdm(total=0, unit="img", disable=disable, file=sys.stderr, dynamic_ncols=True) as bar:
-        # Messages go above the bar, on stderr with it.
-        log = log or (lambda message: tqdm.write(message, file=sys.stderr))
         if kind == "video":
             bar.unit = "frame"
             summary = Summary()
-            _stylize_video_job(stylizer, input_path, destination, batch_size, adjust, summary, log, bar)
+            _stylize_video_job(stylizer, input_path, destination, batch_size, adjust, summary, bar)
             return summary
         if kind == "image":
             jobs, videos = [(pathlib.Path(input_path), destination)], []
@@ -491,27 +492,27 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
         if videos:
             bar.unit = "file"
         bar.reset(total=len(jobs) + len(videos))
-        summary = stylize_images(stylizer, jobs, batch_size, adjust, log=log, progress=bar)
+        summary = stylize_images(stylizer, jobs, batch_size, adjust, progress=bar)
         for src, dst in videos:
             # Frames on a second bar under the files' bar.
             with tqdm(total=0, unit="frame", desc=src.name, disable=disable, leave=False, position=1,
                       file=sys.stderr, dynamic_ncols=True) as frames:
-                _stylize_video_job(stylizer, src, dst, batch_size, adjust, summary, log, frames)
+                _stylize_video_job(stylizer, src, dst, batch_size, adjust, summary, frames)
             bar.update(1)
         return summary
 
 
-def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summary, log, progress):
+def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summary, progress):
     """stylize_video, its outcome recorded in summary and logged in one line."""
     try:
         frames = stylize_video(stylizer, source, destination, batch_size, adjust, progress=progress)
     except ImageError as e:
-        _report_failure(summary, source, str(e), log)
+        _report_failure(summary, source, str(e))
     except OSError as e:
-        _report_failure(summary, source, f"cannot write {destination}: {e.strerror or e}", log)
+        _report_failure(summary, source, f"cannot write {destination}: {e.strerror or e}")
     else:
         summary.written.append(str(destination))
-        log(f"wrote {frames} frames to {destination} (audio is not copied)")
+        log.info("wrote %d frames to %s (audio is not copied)", frames, destination)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,40 +569,25 @@ def define_flags():
     flags.DEFINE_flag(_brightness_flag())
     flags.DEFINE_integer(
         "max_side", None,
-        "Largest image side accepted when --model is weights (default 4096); a SavedModel keeps the "
-        "cap it was exported with.", lower_bound=8)
-
-
-def _quiet_tensorflow_logs():
-    # TF logs a dozen INFO lines per SavedModel save/load; --verbosity=0 brings them back.
-    from absl import flags, logging
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+        f"Largest image side accepted when --model is weights (default {C.DEFAULT_MAX_SIDE}); a SavedModel "
+        "keeps the cap it was exported with.", lower_bound=C.MIN_SIDE)
 
 
 def main(argv):
-    from anime_gan.cli import quiet_tensorflow_import
-
-    quiet_tensorflow_import()
-    from absl import app, flags
+    """The command (run by `anime_gan.cli.run`): 0 all written, 1 some inputs failed, 2 a user error."""
+    from absl import flags
 
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         hint = (f"; write --adjust_brightness={argv[1]}" if argv[1] in BRIGHTNESS_MODES else "")
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}{hint}")
-    _quiet_tensorflow_logs()
-    try:
-        summary = run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
-                      FLAGS.max_side)
-    except (ImageError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}{hint}; flags are written --name=value.")
+    summary = run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
+                  FLAGS.max_side)
     n_ok, n_bad = len(summary.written), len(summary.failed)
     if n_bad:
-        print(f"stylized {n_ok} of {n_ok + n_bad} inputs; {n_bad} failed (listed above): "
-              f"{', '.join(p for p, _ in summary.failed[:5])}{' ...' if n_bad > 5 else ''}", file=sys.stderr)
-        return 1
+        log.warning("stylized %d of %d inputs; %d failed (listed above): %s%s", n_ok, n_ok + n_bad, n_bad,
+                    ", ".join(p for p, _ in summary.failed[:5]), " ..." if n_bad > 5 else "")
+        return EXIT_FAILED
     where = summary.written[0] if n_ok == 1 else FLAGS.output
     print(f"stylized {n_ok} input{'s' if n_ok != 1 else ''} into {where}")
     return 0
@@ -618,7 +604,7 @@ sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
-    from absl import app
+    from anime_gan import cli
 
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -31,6 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from anime_gan import constants as C
+from anime_gan.errors import UserError
+from anime_gan.image_io import unit_range_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ KERAS_VGG19_NOTOP_URL = (
 KERAS_VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 KERAS_VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
 
+# The weight sources named by a keyword (anything else is a path ending .npy or .h5); training's
+# --vgg_weights checks against this list.
 WEIGHT_CHOICES = ("auto", "imagenet", "random")
 _HOW_TO_SUPPLY = (
     f"download the official vgg19.npy ({C.VGG19_NPY_URL}) or the Keras file ({KERAS_VGG19_NOTOP_URL}) "
@@ -68,14 +72,14 @@ _HOW_TO_SUPPLY = (
 )
 
 
-class VGGWeightsError(Exception):
+class VGGWeightsError(UserError):
     """The requested VGG19 weights could not be read; the message names the file or URL and the fix."""
 
 
 def caffe_preprocess(images):
     """Images in [-1, 1] (RGB, NHWC) -> Caffe VGG input: [0, 255], BGR, minus the BGR means. float32."""
-    images = tf.cast(images, tf.float32)
-    scaled = (images + 1.0) * 127.5
+    # (y + 1) / 2 * 255 equals the original's (y + 1) * 127.5 bit for bit: halving is exact.
+    scaled = unit_range_to_pixels(tf.cast(images, tf.float32))
     bgr = tf.reverse(scaled, axis=[-1])
     return bgr - tf.constant(C.VGG_MEAN_BGR, tf.float32)
 
@@ -284,11 +288,6 @@ def keras_cache_dir(cache_dir=None) -> str:
     if not os.access(base, os.W_OK):
         base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
     return base
-
-
-def keras_cache_path(cache_dir=None) -> str:
-    """Where Keras keeps (or would keep) the ImageNet VGG19 notop file."""
-    return os.path.join(keras_cache_dir(cache_dir), "models", KERAS_VGG19_NOTOP_FILE)
 
 
 def fetch_imagenet_weights(url: str | None = None, file_hash: str | None = None, cache_dir=None) -> str:

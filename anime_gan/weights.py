@@ -13,22 +13,28 @@
 6. an official TF1 checkpoint prefix (`.index` + `.data-*`, name-based).
 
 TF2 and TF1 checkpoints are told apart by the `_CHECKPOINTABLE_OBJECT_GRAPH` entry only TF2 writes.
-When a run folder or a training checkpoint is read, one line on stderr says which weights were used.
+When a run folder or a training checkpoint is read, one line (logged, INFO; the commands show it on
+stderr) says which weights were used.
+
+Errors: PathNotFoundError (nothing at the path), ModelError (something that is not this
+generator), each one sentence; a failure of another kind is a bug and is not rewritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import re
-import sys
 
 import numpy as np
 import tensorflow as tf
 
-from anime_gan import constants as C
+from anime_gan.errors import ModelError, PathNotFoundError
 from anime_gan.generator import build_generator
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILENAME = "generator.weights.h5"
 RUN_WEIGHTS = f"generator/{WEIGHTS_FILENAME}"  # a training run's final weights, inside its folder
@@ -40,9 +46,9 @@ ACCEPTED_FORMS = (
     "a .weights.h5 file or an official TF1 checkpoint prefix"
 )
 
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint or SavedModel that does not hold the AnimeGAN generator."""
+# What reading a checkpoint or weights file raises when the file is missing, truncated or of another
+# kind: TensorFlow's own errors, h5py's OSError, Keras' ValueError. Anything else is a bug.
+_UNREADABLE = (tf.errors.OpError, OSError, ValueError)
 
 
 def save_generator(generator, directory):
@@ -75,13 +81,13 @@ def read_tf1_checkpoint(prefix):
     """
     prefix = str(prefix)
     if not _is_tf1_prefix(prefix):
-        raise FileNotFoundError(f"no TF1 checkpoint at {prefix} ({prefix}.index does not exist).")
+        raise PathNotFoundError(f"no TF1 checkpoint at {prefix} ({prefix}.index does not exist).")
     try:
         reader = tf.train.load_checkpoint(prefix)
-    except Exception as e:  # a missing data shard, a corrupt index
-        raise CheckpointMismatchError(f"cannot read the TF1 checkpoint {prefix}: {_first_line(e)}.") from None
+    except _UNREADABLE as e:  # a missing data shard, a corrupt index
+        raise ModelError(f"cannot read the TF1 checkpoint {prefix}: {_first_line(e)}.") from None
     if reader.has_tensor(TF2_OBJECT_GRAPH):
-        raise CheckpointMismatchError(
+        raise ModelError(
             f"{prefix} is a TF2 checkpoint (anime_gan.train writes these), not an official TF1 one; "
             "stylize --model, export --checkpoint_dir and anime_gan.load_generator read it as it is."
         )
@@ -111,7 +117,7 @@ def tf1_to_generator(values, generator=None):
             parts.append(f"unexpected {len(extra)}: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
         if bad_shape:
             parts.append(f"wrong shape {len(bad_shape)}: {', '.join(bad_shape[:8])}")
-        raise CheckpointMismatchError(
+        raise ModelError(
             "this is not an official AnimeGAN (v1) generator checkpoint: " + "; ".join(parts) + "."
         )
     for name, var in mapping.items():
@@ -130,8 +136,8 @@ def restore_training_checkpoint(prefix, generator):
 
     The training checkpoint holds G as `generator` (Keras 3 exposes only the output kernel to
     tf.train.Checkpoint this way) and every G weight once more as the flat list `generator_weights`;
-    both are restored, and every one of G's variables must find its value, else
-    CheckpointMismatchError. Optimizer slots, D, the step and the data iterator are left unread.
+    both are restored, and every one of G's variables must find its value, else ModelError.
+    Optimizer slots, D, the step and the data iterator are left unread.
     """
     if not generator.built:
         generator.build()
@@ -143,7 +149,7 @@ def restore_training_checkpoint(prefix, generator):
         unmatched = re.search(r"Found (\d+) Python objects that were not bound", str(e))
         reason = (f"{unmatched.group(1)} of the generator's {len(generator.weights)} variables have no value in it"
                   if unmatched else _first_line(e)[:300])
-        raise CheckpointMismatchError(
+        raise ModelError(
             f"{prefix} is a TF2 checkpoint but not one of anime_gan.train's ({reason})."
         ) from None
     return generator
@@ -154,15 +160,15 @@ def restore_saved_model(directory, generator):
 
     The SavedModel tracks G's variables as the list `generator_variables`, in `generator.weights`
     order; they are read from its `variables/` checkpoint (its graphs are not loaded), and their
-    number and shapes must be G's, else CheckpointMismatchError.
+    number and shapes must be G's, else ModelError.
     """
     if not generator.built:
         generator.build()
     prefix = pathlib.Path(directory) / "variables" / "variables"
     try:
         reader = tf.train.load_checkpoint(str(prefix))
-    except Exception as e:  # no variables/ folder, a missing shard
-        raise CheckpointMismatchError(f"cannot read the variables of the SavedModel at {directory}: "
+    except _UNREADABLE as e:  # no variables/ folder, a missing shard
+        raise ModelError(f"cannot read the variables of the SavedModel at {directory}: "
                                       f"{_first_line(e)}.") from None
     weights = generator.weights
     key = "generator_variables/{}/.ATTRIBUTES/VARIABLE_VALUE".format
@@ -170,7 +176,7 @@ def restore_saved_model(directory, generator):
     count = sum(1 for i in range(len(weights) + 1) if key(i) in shapes)
     wrong = [i for i, w in enumerate(weights) if key(i) in shapes and tuple(shapes[key(i)]) != tuple(w.shape)]
     if count != len(weights) or wrong:
-        raise CheckpointMismatchError(
+        raise ModelError(
             f"the SavedModel at {directory} was not exported by anime_gan (it holds {count} generator "
             f"variables{f', {len(wrong)} of another shape' if wrong else ''}; the generator has "
             f"{len(weights)}); pass the weights or checkpoint it was exported from."
@@ -197,8 +203,8 @@ class ModelSource:
 def _checkpoint_kind(prefix):
     try:
         reader = tf.train.load_checkpoint(str(prefix))
-    except Exception as e:  # a missing data shard, a corrupt index
-        raise CheckpointMismatchError(f"cannot read the checkpoint {prefix}: {_first_line(e)}.") from None
+    except _UNREADABLE as e:  # a missing data shard, a corrupt index
+        raise ModelError(f"cannot read the checkpoint {prefix}: {_first_line(e)}.") from None
     if not reader.has_tensor(TF2_OBJECT_GRAPH):
         return "tf1_checkpoint", ""
     progress = []
@@ -220,7 +226,7 @@ def newest_checkpoint(directory):
     directory = pathlib.Path(directory)
     try:
         latest = tf.train.latest_checkpoint(str(directory))
-    except Exception:  # noqa: BLE001 - an unreadable `checkpoint` file: fall back to the *.index files
+    except _UNREADABLE:  # an unreadable `checkpoint` file: fall back to the *.index files
         latest = None
     if latest is not None:
         return pathlib.Path(latest)
@@ -232,7 +238,7 @@ def newest_checkpoint(directory):
 
 def resolve_model(path):
     """A ModelSource for any accepted form of path (see the module docstring), or a one-sentence
-    FileNotFoundError / ValueError saying what was looked for."""
+    PathNotFoundError / ModelError saying what was looked for."""
     path = pathlib.Path(os.fspath(path)).expanduser()
     # A checkpoint's own file named instead of its prefix.
     match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path.name)
@@ -248,7 +254,7 @@ def resolve_model(path):
                                f"{path} is a training run: using its final weights {path / RUN_WEIGHTS}")
         prefix = newest_checkpoint(path)
         if prefix is None:
-            raise FileNotFoundError(
+            raise PathNotFoundError(
                 f"no model in {path}: looked for {SAVED_MODEL_FILENAME}, {WEIGHTS_FILENAME}, a training run's "
                 f"{RUN_WEIGHTS} and a checkpoint (a training run's ckpt-N or an official TF1 one) in it "
                 "and found none."
@@ -266,22 +272,18 @@ def resolve_model(path):
     if path.is_file():
         if path.name.endswith(".weights.h5"):
             return ModelSource("weights", path)
-        raise ValueError(f"{path} is not a model file; pass {ACCEPTED_FORMS}.")
-    raise FileNotFoundError(f"no model at {path} (nothing by that name, nor {path}.index); pass {ACCEPTED_FORMS}.")
+        raise ModelError(f"{path} is not a model file; pass {ACCEPTED_FORMS}.")
+    raise PathNotFoundError(f"no model at {path} (nothing by that name, nor {path}.index); pass {ACCEPTED_FORMS}.")
 
 
-def _log_to_stderr(message):
-    print(f"note: {message}.", file=sys.stderr, flush=True)
-
-
-def load_generator(path, policy=None, log=None):
+def load_generator(path, policy=None):
     """A ready Generator from any of the forms in the module docstring (a SavedModel folder, a
     weights folder, a training run folder, a training checkpoint prefix, a `.weights.h5` file or
     an official TF1 checkpoint prefix).
 
     `policy`: the Keras dtype policy to compute under (None: the global one); "mixed_bfloat16" is
-    the fast CPU path (>= 35 dB PSNR from float32, see README "Speed"). `log(message)` receives
-    the line saying which weights of a training run were used (default: stderr).
+    the fast CPU path (>= 35 dB PSNR from float32, see README "Speed"). Which weights of a training
+    run were used is logged (INFO, "note: ...").
     """
     source = resolve_model(path)
     generator = build_generator(policy)
@@ -294,10 +296,10 @@ def load_generator(path, policy=None, log=None):
     else:
         try:
             generator.load_weights(str(source.path))
-        except Exception as e:
-            raise ValueError(f"cannot load generator weights from {source.path}: {_first_line(e)}.") from None
+        except _UNREADABLE as e:  # not HDF5, truncated, another model's weights
+            raise ModelError(f"cannot load generator weights from {source.path}: {_first_line(e)}.") from None
     if source.note:
-        (log or _log_to_stderr)(source.note)
+        log.info("note: %s.", source.note)
     return generator
 
 

@@ -6,15 +6,14 @@
 
 Sections: generator (inference, ours vs the official graph), serving (the exported SavedModel),
 train (train-step images/s), data (edge smoothing and the tf.data pipeline, compared with what the
-GAN-phase train step consumes). A section that is missing or fails becomes an error row; the others
-still run and are written.
+GAN-phase train step consumes). Each section is the module `bench.bench_<section>` and its
+`run(repeats, quick)`; a section that fails becomes an error row, the others still run and are written.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib
-import inspect
 import json
 import os
 import pathlib
@@ -36,18 +35,8 @@ flags.DEFINE_boolean("quick", False, "Smaller run: 256x256 only, fewer repeats a
 flags.DEFINE_string("output", str(DEFAULT_OUTPUT), "Where to write the results as JSON.")
 
 
-def _call(fn, **kwargs):
-    """fn(**kwargs), passing only the keyword arguments fn accepts (sections evolve separately)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params and v is not None})
-
-
 def _as_rows(section, result):
-    """A section's result (a list of row dicts, or one flat dict) as rows tagged with the section."""
-    if isinstance(result, dict):
-        result = [result]
+    """A section's rows (each module's `run(repeats, quick)` returns a list of dicts), tagged with the section."""
     rows = []
     for row in result:
         row = dict(row)
@@ -61,74 +50,22 @@ def _error_row(section, message):
     return {"section": section, "case": "error", "error": message}
 
 
-def run_generator(quick, repeats):
-    from bench import bench_generator
-
-    if quick:
-        return _call(bench_generator.run, repeats=repeats or 3, sizes=[(256, 256)], xla=False)
-    return _call(bench_generator.run, repeats=repeats)
-
-
-def run_serving(quick, repeats):
-    from bench import bench_serving
-
-    if quick:
-        return _call(bench_serving.run, repeats=repeats or 3, quick=True)
-    return _call(bench_serving.run, repeats=repeats)
-
-
-def run_train(quick, repeats):
-    from bench import bench_train
-
-    return _call(bench_train.run, repeats=repeats, quick=quick)
-
-
-def _data_rows(result):
-    """bench_data.run() returns one flat dict; split it into the smoothing row and the pipeline row."""
-    if not isinstance(result, dict):
-        return result
-    smoothing = {k: v for k, v in result.items() if k.startswith("smoothing") or k == "img_size"}
-    pipeline = {k: v for k, v in result.items() if k not in smoothing}
-    rows = []
-    if smoothing:
-        rows.append({"case": "edge smoothing, ours vs per-pixel reference", **smoothing})
-    if pipeline:
-        rows.append({"case": "tf.data training pipeline", **pipeline})
-    return rows
-
-
 def train_consumption(rows):
     """Images/s the GAN-phase float32 train step consumes (256x256, batch 6), from the train rows.
 
     Takes the fastest float32 GAN-phase variant measured (tf.function or XLA): the pipeline must
     keep up with the fastest step we offer. None when the train section did not run or failed.
     """
-    best = None
-    for row in rows:
-        if row.get("section") != "train":
-            continue
-        text = " ".join(str(row.get(k, "")) for k in ("case", "phase", "dtype", "precision", "policy")).lower()
-        rate = row.get("images_per_s")
-        if rate is None or "gan" not in text or "bfloat16" in text or "float16" in text.replace("float32", ""):
-            continue
-        best = rate if best is None else max(best, rate)
-    return best
+    rates = [row["images_per_s"] for row in rows
+             if row.get("section") == "train" and row.get("phase") == "gan" and row.get("dtype") == "float32"
+             and row.get("images_per_s") is not None]
+    return max(rates, default=None)
 
 
-def run_data(quick, repeats, previous_rows):
-    from bench import bench_data
-
-    kwargs = {}
-    if quick:
-        kwargs = {"smoothing": {"n_images": 2, "repeats": 2}, "pipeline": {"steps": 20}}
-    if kwargs and hasattr(bench_data, "bench_smoothing") and hasattr(bench_data, "bench_pipeline"):
-        result = {**_call(bench_data.bench_smoothing, **kwargs["smoothing"]),
-                  **_call(bench_data.bench_pipeline, **kwargs["pipeline"])}
-    else:
-        result = bench_data.run()
-    rows = _data_rows(result)
+def add_train_ratio(data_rows, previous_rows):
+    """The data pipeline's row gets the train step's consumption and the ratio of the two."""
     consumed = train_consumption(previous_rows)
-    for row in rows:
+    for row in data_rows:
         if "pipeline_images_per_s" not in row:
             continue
         if consumed:
@@ -136,10 +73,7 @@ def run_data(quick, repeats, previous_rows):
             row["pipeline_over_train_step"] = round(row["pipeline_images_per_s"] / consumed, 1)
         else:
             row["note"] = "train step rate unknown: run with the train section to get the ratio"
-    return rows
-
-
-RUNNERS = {"generator": run_generator, "serving": run_serving, "train": run_train}
+    return data_rows
 
 
 def run_sections(sections, quick=False, repeats=None):
@@ -151,17 +85,9 @@ def run_sections(sections, quick=False, repeats=None):
         start = time.perf_counter()
         print(f"[bench] {section} ...", file=sys.stderr, flush=True)
         try:
-            if section == "data":
-                result = run_data(quick, repeats, rows)
-            else:
-                result = RUNNERS[section](quick, repeats)
-            rows.extend(_as_rows(section, result))
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("bench."):
-                rows.append(_error_row(section, f"not available: module {e.name} does not exist yet"))
-            else:
-                traceback.print_exc()
-                rows.append(_error_row(section, f"{type(e).__name__}: {e}"))
+            module = importlib.import_module(f"bench.bench_{section}")
+            result = _as_rows(section, module.run(repeats=repeats, quick=quick))
+            rows.extend(add_train_ratio(result, rows) if section == "data" else result)
         except Exception as e:  # one failing section must not lose the others' numbers
             traceback.print_exc()
             rows.append(_error_row(section, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))

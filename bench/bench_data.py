@@ -70,9 +70,12 @@ def bench_pipeline(img_size: int = 256, batch_size: int = 6, steps: int = 60, da
             "pipeline_batch": batch_size, "pipeline_img_size": img_size}
 
 
-def run() -> dict:
-    """Every data benchmark, as one flat dict of numbers."""
-    return {**bench_smoothing(), **bench_pipeline()}
+def run(repeats=None, quick=False) -> list[dict]:
+    """Rows for `python -m bench`: edge smoothing, then the tf.data pipeline (quick: fewer images and steps)."""
+    smoothing = bench_smoothing(n_images=2 if quick else 5, repeats=repeats or (2 if quick else 5))
+    pipeline = bench_pipeline(steps=20 if quick else 60)
+    return [{"case": "edge smoothing, ours vs per-pixel reference", **smoothing},
+            {"case": "tf.data training pipeline", **pipeline}]
 
 
 if __name__ == "__main__":

@@ -10,18 +10,15 @@ XLA variants are timed apart with fewer repeats: on a 2-core CPU they are severa
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from anime_gan.official_graph import OFFICIAL_META
 from bench.common import interleaved_timings, median_ms
 
 SIZES = [(256, 256), (720, 1280)]  # (height, width)
-SHARED = pathlib.Path(os.environ.get("ANIME_GAN_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
-META = SHARED / "reference/official_hayao_generator/Hayao-60.ckpt.meta"
 
 
 def generator_flops(generator, height, width):
@@ -54,8 +51,14 @@ def psnr_db(a, b):
     return float(10 * np.log10(4.0 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
 
 
-def run(repeats=7, sizes=SIZES, xla=True, xla_repeats=None):
-    """Rows of {case, median_ms, cpu_ms, gflops, percent_of_matmul_peak, ratio_to_official, ...}."""
+def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
+    """Rows of {case, median_ms, cpu_ms, gflops, percent_of_matmul_peak, ratio_to_official, ...}.
+
+    quick: 256x256 only, 3 repeats, no XLA (unless sizes, repeats or xla say otherwise).
+    """
+    repeats = repeats or (3 if quick else 7)
+    sizes = sizes or ([(256, 256)] if quick else SIZES)
+    xla = (not quick) if xla is None else xla
     from anime_gan.generator import Generator
     from anime_gan.official_graph import OfficialGenerator, random_official_weights
 
@@ -66,8 +69,8 @@ def run(repeats=7, sizes=SIZES, xla=True, xla_repeats=None):
     g32 = make_generator("float32", values)
     gbf16 = make_generator("mixed_bfloat16", values)
     official = None
-    if META.exists():
-        official = OfficialGenerator(META)
+    if OFFICIAL_META.exists():
+        official = OfficialGenerator(OFFICIAL_META)
         official.assign(values)
 
     peak = {"float32": matmul_peak_gflops(tf.float32), "bfloat16": matmul_peak_gflops(tf.bfloat16)}
@@ -119,7 +122,7 @@ def run(repeats=7, sizes=SIZES, xla=True, xla_repeats=None):
     if official is not None:
         official.close()
     else:
-        rows.append({"case": "official graph", "note": f"skipped: {META} not found"})
+        rows.append({"case": "official graph", "note": f"skipped: {OFFICIAL_META} not found"})
     return [{"section": "generator", **r} for r in rows]
 
 

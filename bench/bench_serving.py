@@ -43,9 +43,9 @@ def bench_serving(repeats=5, large_repeats=3, saved_model_dir=None):
     return results
 
 
-def run(repeats=5):
-    """Rows for `python -m bench`."""
-    results = bench_serving(repeats=repeats)
+def run(repeats=None, quick=False):
+    """Rows for `python -m bench` (quick: 3 repeats)."""
+    results = bench_serving(repeats=repeats or (3 if quick else 5))
     return [
         {"section": "serving", "case": f"SavedModel serving_default {name} (uint8, batch 1)",
          "ms": results[f"serving_default_{name}_ms"]}

@@ -38,8 +38,3 @@ def interleaved_timings(fns, repeats=7, warmup=2):
             wall[name].append((time.perf_counter() - t) * 1000.0)
             cpu[name].append((time.process_time() - c) * 1000.0)
     return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
-
-
-def interleaved_median_ms(fns, repeats=7, warmup=2):
-    """Medians of several functions timed in turn (a, b, a, b, ...), so that machine noise hits all alike."""
-    return {name: t[0] for name, t in interleaved_timings(fns, repeats, warmup).items()}

@@ -86,9 +86,8 @@ def main(argv):
     import tensorflow as tf
 
     from anime_gan.generator import Generator, build_generator
-    from anime_gan.official_graph import OfficialGenerator, random_official_weights
+    from anime_gan.official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
     from anime_gan.weights import tf1_to_generator
-    from bench.bench_generator import META
 
     try:
         h, w = (int(v) for v in FLAGS.size.lower().split("x"))
@@ -101,12 +100,12 @@ def main(argv):
     spec = [tf.TensorSpec([1, h, w, 3], tf.float32)]
     cases = {}
     official = None
-    if META.exists():
-        official = OfficialGenerator(META)
+    if OFFICIAL_META.exists():
+        official = OfficialGenerator(OFFICIAL_META)
         official.assign(values)
         cases["official graph"] = lambda: official(x)
     else:
-        print(f"official graph skipped: {META} not found")
+        print(f"official graph skipped: {OFFICIAL_META} not found")
     for policy in ("float32", "mixed_bfloat16"):
         f = tf.function(tf1_to_generator(values, build_generator(policy)).call, input_signature=spec)
         cases[f"ours {policy}"] = lambda f=f: f(x).numpy()

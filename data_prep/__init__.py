@@ -6,12 +6,15 @@ the official dataset.zip), edge-smooth every style folder that needs it, and rep
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
-from data_prep import demo, download, report, smoothing
+from data_prep import demo, download, files, report, smoothing
 from data_prep.report import DataError
 
-__all__ = ["DataError", "PrepareResult", "prepare", "demo", "download", "report", "smoothing"]
+__all__ = ["DataError", "PrepareResult", "prepare", "demo", "download", "files", "report", "smoothing"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -31,7 +34,7 @@ class PrepareResult:
         return "\n".join(l for l in lines if l)
 
 
-def _remove_demo(dataset_dir: str, warn) -> None:
+def _remove_demo(dataset_dir: str) -> None:
     """Take a demo set out of the way before the real dataset is unpacked over it."""
     m = demo.read_manifest(dataset_dir)
     if not m:
@@ -41,21 +44,21 @@ def _remove_demo(dataset_dir: str, warn) -> None:
         if os.path.isfile(p):
             os.remove(p)
     os.remove(os.path.join(dataset_dir, demo.MANIFEST))
-    warn(f"removed the demo set from {dataset_dir} before unpacking the real dataset")
+    log.warning("removed the demo set from %s before unpacking the real dataset", dataset_dir)
 
 
 def prepare(source: str = "demo", dataset_dir: str = "dataset", styles: list[str] | None = None,
             smooth: str = "auto", img_size: int = 256, seed: int = 0,
             num_photos: int = demo.DEFAULT_NUM_PHOTOS, num_style: int = demo.DEFAULT_NUM_STYLE,
             strict: bool = False, workers: int | None = None, retries: int = 5, sha256: str | None = None,
-            keep_archive: bool = False, progress: bool = True, backoff: float = 2.0, warn=None) -> PrepareResult:
+            keep_archive: bool = False, progress: bool = True, backoff: float = 2.0) -> PrepareResult:
     """Build or fetch the dataset under `dataset_dir`, smooth styles, report; see `python -m data_prep --help`.
 
     source: "demo" (offline smoke-test set), "existing" (use what is in dataset_dir), "official" (the
     official release URL), or a URL / local path of dataset.zip. With `strict`, any unusable image or
-    layout problem raises DataError instead of being skipped with a warning.
+    layout problem raises DataError instead of being skipped with a warning (warnings go to the
+    "data_prep" logger).
     """
-    warn = warn or report.warn
     if smooth not in smoothing.SMOOTH_MODES:
         raise DataError(f"--smooth must be one of {', '.join(smoothing.SMOOTH_MODES)}, not {smooth!r}.")
     if img_size < 8:
@@ -67,9 +70,9 @@ def prepare(source: str = "demo", dataset_dir: str = "dataset", styles: list[str
         styles = styles or [demo.STYLE]
     elif source != "existing":
         url = download.DATASET_URL if source == "official" else source
-        _remove_demo(dataset_dir, warn)
+        _remove_demo(dataset_dir)
         download.fetch(url, dataset_dir, retries=retries, sha256=sha256, keep_archive=keep_archive,
-                       progress=progress, backoff=backoff, warn=warn)
+                       progress=progress, backoff=backoff)
         expected = download.OFFICIAL_COUNTS if source == "official" or url == download.DATASET_URL else None
     report.require_folder(dataset_dir)
     styles = styles or report.find_styles(dataset_dir)
@@ -78,10 +81,10 @@ def prepare(source: str = "demo", dataset_dir: str = "dataset", styles: list[str
     for style in styles:
         result.smoothed.append(smoothing.smooth_folder(
             os.path.join(dataset_dir, style, "style"), os.path.join(dataset_dir, style, "smooth"),
-            img_size, smooth, workers, progress, warn))
+            img_size, smooth, workers, progress))
     if source != "existing":
         result.layout_problems = download.verify_layout(dataset_dir, styles, expected)
-    result.reports = report.report_dataset(dataset_dir, styles, warn_fn=warn)
+    result.reports = report.report_dataset(dataset_dir, styles)
     if strict and (result.bad or result.layout_problems):
         first = result.bad[0] if result.bad else (result.layout_problems[0], "")
         raise DataError(f"--strict: {first[0]} {('is unusable (' + first[1] + ')') if first[1] else ''}"

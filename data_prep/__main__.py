@@ -4,13 +4,14 @@
   make data ARGS="--source=official"          # the official dataset.zip (downloads ~GBs)
   make data ARGS="--source=/path/dataset.zip" # a local copy of it
   make data ARGS="--source=existing --style=MyStyle"  # smooth + report your own folders
-"""
-import sys
 
-from absl import app, flags, logging
+Exit status: 0 done, 2 a problem with the data or the flags (one sentence on stderr), 130 Ctrl-C
+(see `data_prep.console`).
+"""
+from absl import app, flags
 
 import data_prep
-from data_prep import demo, smoothing
+from data_prep import console, demo, smoothing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", "demo", "Where the images come from: 'demo' (offline smoke-test set cut from "
@@ -39,16 +40,12 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        result = data_prep.prepare(
-            source=FLAGS.source, dataset_dir=FLAGS.out, styles=FLAGS.style or None, smooth=FLAGS.smooth,
-            img_size=FLAGS.img_size, seed=FLAGS.seed, num_photos=FLAGS.num_photos,
-            num_style=FLAGS.num_style, strict=FLAGS.strict, workers=FLAGS.workers, retries=FLAGS.retries,
-            sha256=FLAGS.sha256, keep_archive=FLAGS.keep_archive, progress=FLAGS.progress)
-    except data_prep.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value.")
+    result = data_prep.prepare(
+        source=FLAGS.source, dataset_dir=FLAGS.out, styles=FLAGS.style or None, smooth=FLAGS.smooth,
+        img_size=FLAGS.img_size, seed=FLAGS.seed, num_photos=FLAGS.num_photos,
+        num_style=FLAGS.num_style, strict=FLAGS.strict, workers=FLAGS.workers, retries=FLAGS.retries,
+        sha256=FLAGS.sha256, keep_archive=FLAGS.keep_archive, progress=FLAGS.progress)
     print(result.text())
     if FLAGS.source == "demo":
         print(f"{FLAGS.out}: demo set (style '{demo.STYLE}') - a smoke test that the pipeline runs, not "
@@ -57,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main, user_errors=(data_prep.DataError,), loggers=("data_prep",))

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from data_prep import report, smoothing
+from data_prep.files import write_image
 
 STYLE = "Demo"
 MANIFEST = ".demo_manifest.json"
@@ -147,9 +148,7 @@ def build(dataset_dir: str = "dataset", seed: int = 0, num_photos: int = DEFAULT
     boxes: dict[str, list] = {"photo": [], "style": []}
 
     def save(rel: str, img: np.ndarray) -> None:
-        path = os.path.join(dataset_dir, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        smoothing.write_image(path, img)
+        write_image(os.path.join(dataset_dir, rel), img, bgr=True)
         files.append(rel)
 
     for i, (name, box, img) in enumerate(_crops(photos, num_photos, seed, _STREAM_PHOTO, img_size)):

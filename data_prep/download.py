@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import shutil
@@ -19,9 +20,12 @@ import urllib.error
 import urllib.request
 import zipfile
 
-from anime_gan.constants import DATASET_URL  # one source of truth; imports no TensorFlow
 from data_prep import report
 
+log = logging.getLogger(__name__)
+
+# The official release of the training set (ORIGINAL.md, "Data").
+DATASET_URL = "https://github.com/TachibanaYoshino/AnimeGAN/releases/download/dataset-1/dataset.zip"
 CHUNK = 1 << 20
 # The official release (ORIGINAL.md, "Data"): 6,656 training photos.
 OFFICIAL_COUNTS = {"train_photo": 6656}
@@ -58,13 +62,12 @@ def _total_from(resp, offset: int) -> int | None:
 
 
 def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha256: str | None = None,
-             backoff: float = 2.0, progress: bool = True, warn=None) -> str:
+             backoff: float = 2.0, progress: bool = True) -> str:
     """Download `url` to `dest` (via `dest + '.part'`), resuming and retrying broken transfers.
 
     Returns `dest`. Raises DataError (one sentence) when every attempt failed, or when the size or the
     SHA-256 does not match (the bad file is then removed so the next run starts clean).
     """
-    warn = warn or report.warn
     part = dest + ".part"
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     bar = None
@@ -120,8 +123,8 @@ def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha25
             if attempt < retries:
                 have = os.path.getsize(part) if os.path.exists(part) else 0
                 wait = backoff * (2 ** attempt)
-                warn(f"download of {url} broke at {have} bytes ({last_error}); resuming in {wait:.1f} s "
-                     f"(retry {attempt + 1} of {retries})")
+                log.warning("download of %s broke at %d bytes (%s); resuming in %.1f s (retry %d of %d)",
+                            url, have, last_error, wait, attempt + 1, retries)
                 time.sleep(wait)
         else:
             raise report.DataError(f"Download of {url} failed after {retries + 1} attempts ({last_error}); "
@@ -240,7 +243,7 @@ def verify_layout(dataset_dir: str, styles: list[str] | None = None,
 
 
 def fetch(source: str, dataset_dir: str, retries: int = 5, sha256: str | None = None,
-          keep_archive: bool = False, progress: bool = True, backoff: float = 2.0, warn=None) -> list[str]:
+          keep_archive: bool = False, progress: bool = True, backoff: float = 2.0) -> list[str]:
     """Download (if `source` is a URL) and unpack the dataset archive into `dataset_dir`.
 
     Returns the unpacked paths. A downloaded archive is kept only with `keep_archive` (a local
@@ -250,7 +253,7 @@ def fetch(source: str, dataset_dir: str, retries: int = 5, sha256: str | None = 
     if is_url(source):
         archive = os.path.join(dataset_dir, os.path.basename(source.split("?")[0]) or "dataset.zip")
         if not os.path.exists(archive):
-            download(source, archive, retries=retries, sha256=sha256, progress=progress, backoff=backoff, warn=warn)
+            download(source, archive, retries=retries, sha256=sha256, progress=progress, backoff=backoff)
         downloaded = True
     else:
         if not os.path.isfile(source):

@@ -8,11 +8,13 @@ very large). Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import struct
-import sys
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+from data_prep.files import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
 # Beyond this many pixels an image is decoded at full size each time it is drawn: warn.
 LARGE_PIXELS = 4096 * 4096
 DEFAULT_MIN_SIDE = 16
@@ -25,15 +27,6 @@ class DataError(Exception):
 
 class BadImage(Exception):
     """One unusable image; the message is the reason."""
-
-
-def warn(message: str) -> None:
-    """Default warning sink (absl logging when available, else stderr)."""
-    try:
-        from absl import logging
-        logging.warning(message)
-    except ImportError:  # pragma: no cover
-        print(f"warning: {message}", file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -193,9 +186,8 @@ class FolderReport:
         return out
 
 
-def scan_folder(folder: str, min_side: int = DEFAULT_MIN_SIDE, warn_fn=None,
-                require_images: bool = True) -> FolderReport:
-    """Sniff every file of `folder`; each unusable one gets a named warning and is left out.
+def scan_folder(folder: str, min_side: int = DEFAULT_MIN_SIDE, require_images: bool = True) -> FolderReport:
+    """Sniff every file of `folder`; each unusable one gets a named warning (logged) and is left out.
 
     Raises DataError (one sentence naming the folder) when it is missing or, with `require_images`,
     holds no usable image.
@@ -211,11 +203,10 @@ def scan_folder(folder: str, min_side: int = DEFAULT_MIN_SIDE, warn_fn=None,
             rep.images.append(info)
         else:
             rep.bad.append((path, info.problem))
-    emit = warn_fn or warn
     for path, reason in rep.bad:
-        emit(f"{path}: skipped ({reason})")
+        log.warning("%s: skipped (%s)", path, reason)
     for path, note in rep.notes():
-        emit(f"{path}: {note}")
+        log.warning("%s: %s", path, note)
     if require_images and not rep.images:
         raise DataError(f"Folder {folder} holds no usable images ({', '.join(IMAGE_EXTENSIONS)}); "
                         "add images or run `make data`.")
@@ -242,10 +233,10 @@ def find_styles(dataset_dir: str) -> list[str]:
     return sorted(d for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d, "style")))
 
 
-def report_dataset(dataset_dir: str, styles: list[str] | None = None, min_side: int = DEFAULT_MIN_SIDE,
-                   warn_fn=None) -> list[FolderReport]:
+def report_dataset(dataset_dir: str, styles: list[str] | None = None,
+                   min_side: int = DEFAULT_MIN_SIDE) -> list[FolderReport]:
     """A FolderReport for every folder of the layout; raises DataError for a missing or empty one."""
-    return [scan_folder(f, min_side, warn_fn) for f in dataset_folders(dataset_dir, styles)]
+    return [scan_folder(f, min_side) for f in dataset_folders(dataset_dir, styles)]
 
 
 def format_reports(reports: list[FolderReport]) -> str:

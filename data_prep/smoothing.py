@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import os
-from typing import Callable, Iterable
+from typing import Iterable
 
 import cv2
 import numpy as np
 
 from data_prep import report
+from data_prep.files import write_image
+
+log = logging.getLogger(__name__)
 
 KERNEL_SIZE = 5
 CANNY_LOW, CANNY_HIGH = 100, 200
@@ -139,19 +143,13 @@ def read_color_and_gray(path: str) -> tuple[np.ndarray, np.ndarray]:
     return bgr, gray
 
 
-def write_image(path: str, image: np.ndarray) -> None:
-    ok, buf = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
-    if not ok:
-        raise report.BadImage(f"OpenCV cannot encode {os.path.splitext(path)[1]}")
-    tmp = path + ".tmp"
-    buf.tofile(tmp)
-    os.replace(tmp, path)  # never leave a half-written image behind
-
-
 def smooth_file(src: str, dst: str, img_size: int = 256) -> None:
     """Smooth one style image file into `dst` (same format as its extension)."""
     bgr, gray = read_color_and_gray(src)
-    write_image(dst, smooth_arrays(bgr, gray, img_size))
+    try:
+        write_image(dst, smooth_arrays(bgr, gray, img_size), bgr=True)
+    except ValueError as e:  # a format OpenCV cannot encode
+        raise report.BadImage(str(e)) from None
 
 
 @dataclasses.dataclass
@@ -177,12 +175,11 @@ def needs_smoothing(style_dir: str, smooth_dir: str) -> list[str]:
 
 
 def smooth_folder(style_dir: str, smooth_dir: str, img_size: int = 256, mode: str = "auto",
-                  workers: int | None = None, progress: bool = True,
-                  warn: Callable[[str], None] | None = None) -> SmoothResult:
+                  workers: int | None = None, progress: bool = True) -> SmoothResult:
     """Smooth every image of `style_dir` into `smooth_dir` (same file names), in parallel threads.
 
     mode: `auto` smooths only the images whose copy is missing, `always` redoes all, `never` does
-    nothing. Unreadable images are skipped, each reported through `warn` and in the result.
+    nothing. Unreadable images are skipped, each logged as a warning and listed in the result.
     """
     if mode not in SMOOTH_MODES:
         raise report.DataError(f"--smooth must be one of {', '.join(SMOOTH_MODES)}, not {mode!r}.")
@@ -213,7 +210,7 @@ def smooth_folder(style_dir: str, smooth_dir: str, img_size: int = 256, mode: st
                 result.written.append(src)
             else:
                 result.bad.append((src, problem))
-                (warn or report.warn)(f"{src}: skipped ({problem})")
+                log.warning("%s: skipped (%s)", src, problem)
     return result
 
 

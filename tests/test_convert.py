@@ -8,14 +8,15 @@ import pytest
 import tensorflow as tf
 
 from anime_gan import Generator
+from anime_gan.errors import EXIT_USER_ERROR, ModelError, PathNotFoundError
 from anime_gan.weights import (
-    CheckpointMismatchError,
     WEIGHTS_FILENAME,
     generator_to_tf1,
     load_generator,
     read_tf1_checkpoint,
     tf1_to_generator,
 )
+from stylize_helpers import logged
 
 
 def _write_tf1_checkpoint(values, prefix):
@@ -61,17 +62,17 @@ def test_training_checkpoint_extras_are_ignored(official_values, tmp_path):
 def test_mismatched_checkpoints_are_refused_by_name(official_values):
     missing = dict(official_values)
     del missing["generator/G_MODEL/m/r3/r3/w"]
-    with pytest.raises(CheckpointMismatchError, match="missing 1: generator/G_MODEL/m/r3/r3/w"):
+    with pytest.raises(ModelError, match="missing 1: generator/G_MODEL/m/r3/r3/w"):
         tf1_to_generator(missing)
 
     extra = dict(official_values)
     extra["generator/G_MODEL/A/Conv/weights"] = np.zeros((3, 3, 3, 32), np.float32)
-    with pytest.raises(CheckpointMismatchError, match="unexpected 1: generator/G_MODEL/A/Conv/weights"):
+    with pytest.raises(ModelError, match="unexpected 1: generator/G_MODEL/A/Conv/weights"):
         tf1_to_generator(extra)
 
     shaped = dict(official_values)
     shaped["generator/G_MODEL/u1/Conv/weights"] = np.zeros((3, 3, 64, 64), np.float32)
-    with pytest.raises(CheckpointMismatchError, match=r"wrong shape 1: generator/G_MODEL/u1/Conv/weights \(3, 3, 64, 64\)"):
+    with pytest.raises(ModelError, match=r"wrong shape 1: generator/G_MODEL/u1/Conv/weights \(3, 3, 64, 64\)"):
         tf1_to_generator(shaped)
 
 
@@ -82,18 +83,18 @@ def test_an_animeganv2_style_checkpoint_is_refused(tmp_path):
         "generator/G_MODEL/out_layer/Conv/weights": np.zeros((1, 1, 32, 3), np.float32),
     }
     prefix = _write_tf1_checkpoint(values, tmp_path / "v2")
-    with pytest.raises(CheckpointMismatchError, match="not an official AnimeGAN"):
+    with pytest.raises(ModelError, match="not an official AnimeGAN"):
         load_generator(prefix)
 
 
 def test_missing_paths_say_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model at .*nothing.weights.h5 .*; pass a SavedModel folder, "
+    with pytest.raises(PathNotFoundError, match="no model at .*nothing.weights.h5 .*; pass a SavedModel folder, "
                                                 ".* a .weights.h5 file or an official TF1 checkpoint prefix"):
         load_generator(tmp_path / "nothing.weights.h5")
-    with pytest.raises(FileNotFoundError, match="no model in .*: looked for saved_model.pb, generator.weights.h5, "
+    with pytest.raises(PathNotFoundError, match="no model in .*: looked for saved_model.pb, generator.weights.h5, "
                                                 "a training run's generator/generator.weights.h5 and a checkpoint"):
         load_generator(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no TF1 checkpoint at"):
+    with pytest.raises(PathNotFoundError, match="no TF1 checkpoint at"):
         read_tf1_checkpoint(tmp_path / "absent")
 
 
@@ -101,8 +102,8 @@ def test_a_folder_naming_an_official_checkpoint_is_read(official_values, tmp_pat
     """The official release folder: a `checkpoint` file naming Hayao-60 (TF1, name-based)."""
     _write_tf1_checkpoint(official_values, tmp_path / "release" / "Hayao-60")
     assert (tmp_path / "release" / "checkpoint").exists()
-    notes = []
-    back = generator_to_tf1(load_generator(tmp_path / "release", log=notes.append))
+    with logged("anime_gan") as notes:
+        back = generator_to_tf1(load_generator(tmp_path / "release"))
     assert notes == []
     for n, v in official_values.items():
         np.testing.assert_array_equal(back[n], v)
@@ -112,9 +113,9 @@ def test_convert_refuses_a_tf2_checkpoint_by_kind(tmp_path):
     g = Generator()
     g.build()
     prefix = tf.train.Checkpoint(generator=g, generator_weights=list(g.weights)).save(str(tmp_path / "run" / "ckpt"))
-    with pytest.raises(CheckpointMismatchError, match="is a TF2 checkpoint .*not an official TF1 one"):
+    with pytest.raises(ModelError, match="is a TF2 checkpoint .*not an official TF1 one"):
         read_tf1_checkpoint(prefix)
-    np.testing.assert_array_equal(load_generator(prefix, log=lambda m: None).out_kernel.numpy(), g.out_kernel.numpy())
+    np.testing.assert_array_equal(load_generator(prefix).out_kernel.numpy(), g.out_kernel.numpy())
 
 
 def test_convert_command(official_values, tmp_path):
@@ -135,7 +136,7 @@ def test_convert_command(official_values, tmp_path):
         [sys.executable, "-m", "anime_gan.convert", f"--tf1_checkpoint={tmp_path}/nope", f"--output={out}"],
         capture_output=True, text=True, timeout=300,
     )
-    assert bad.returncode != 0
+    assert bad.returncode == EXIT_USER_ERROR
     assert "no TF1 checkpoint at" in bad.stderr
 
 

@@ -2,6 +2,7 @@
 import hashlib
 import http.server
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -144,16 +145,16 @@ class _Server:
         self.httpd.server_close()
 
 
-def test_zip_download_resumes_verifies_unpacks_smooths_and_reports(tmp_path):
+def test_zip_download_resumes_verifies_unpacks_smooths_and_reports(tmp_path, caplog):
     payload = _official_zip()
     server = _Server(payload)
-    warnings = []
     try:
-        res = data_prep.prepare(source=server.url, dataset_dir=str(tmp_path / "ds"), img_size=32,
-                                sha256=hashlib.sha256(payload).hexdigest(), backoff=0.0, progress=False,
-                                warn=warnings.append)
+        with caplog.at_level(logging.WARNING, logger="data_prep"):
+            res = data_prep.prepare(source=server.url, dataset_dir=str(tmp_path / "ds"), img_size=32,
+                                    sha256=hashlib.sha256(payload).hexdigest(), backoff=0.0, progress=False)
     finally:
         server.close()
+    warnings = caplog.messages
     # First request cut off, second one resumed exactly where the bytes on disk end.
     assert server.requests[0] is None and server.requests[1] == f"bytes={len(payload) // 2}-"
     assert any("broke at" in w for w in warnings)
@@ -238,15 +239,15 @@ def write_bad_inputs(folder, rng):
 SKIPPED = {"zero.jpg", "truncated.jpg", "text.jpg", "tiny.png", "noext"}
 
 
-def test_bad_inputs_in_style_folder_are_named_and_skipped(tmp_path):
+def test_bad_inputs_in_style_folder_are_named_and_skipped(tmp_path, caplog):
     ds = tmp_path / "ds"
     expected = write_bad_inputs(ds / "Mine" / "style", np.random.default_rng(1))
     write_bad_inputs(ds / "train_photo", np.random.default_rng(2))
     (ds / "val").mkdir()
     cv2.imwrite(str(ds / "val" / "v.jpg"), np.full((40, 40, 3), 90, np.uint8))
-    warnings = []
-    res = data_prep.prepare(source="existing", dataset_dir=str(ds), img_size=32, progress=False,
-                            warn=warnings.append)
+    with caplog.at_level(logging.WARNING, logger="data_prep"):
+        res = data_prep.prepare(source="existing", dataset_dir=str(ds), img_size=32, progress=False)
+    warnings = caplog.messages
     for name, words in expected.items():
         for folder in ("Mine/style", "train_photo"):
             path = os.path.join(str(ds), folder, name)
@@ -258,8 +259,7 @@ def test_bad_inputs_in_style_folder_are_named_and_skipped(tmp_path):
     bad = {os.path.basename(p) for p, _ in res.reports[0].bad}
     assert bad == SKIPPED
     with pytest.raises(report.DataError, match="--strict: .* is unusable"):
-        data_prep.prepare(source="existing", dataset_dir=str(ds), img_size=32, progress=False,
-                          strict=True, warn=lambda m: None)
+        data_prep.prepare(source="existing", dataset_dir=str(ds), img_size=32, progress=False, strict=True)
 
 
 def test_missing_and_empty_folders_end_in_one_sentence(tmp_path):
@@ -293,9 +293,30 @@ def test_cli_help_documents_every_flag_and_imports_no_tensorflow():
     assert r.returncode == 0, r.stderr
 
 
+def test_data_prep_imports_nothing_from_anime_gan():
+    """data_prep sits at the bottom: anime_gan may import it, never the other way round."""
+    code = ("import sys, data_prep, data_prep.__main__, data_prep.console, data_prep.demo, data_prep.download, "
+            "data_prep.files, data_prep.report, data_prep.smoothing; "
+            "assert not any(m.startswith('anime_gan') for m in sys.modules), sorted(sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_cli_user_errors_exit_2_in_one_line(tmp_path):
+    r = _run("--img_size=3")  # a flag absl refuses is a user error too, not absl's status 1
+    assert r.returncode == 2
+    assert [l for l in r.stderr.splitlines() if l.strip()] == [
+        "error: flag --img_size=3: 3 is not integer >= 8; pass --help to list the flags."]
+    r = _run("extra")
+    assert r.returncode == 2
+    assert [l for l in r.stderr.splitlines() if l.strip()] == [
+        "error: unexpected arguments extra; flags are written --name=value."]
+
+
 def test_cli_missing_folder_is_one_line(tmp_path):
     r = _run("--source=existing", f"--out={tmp_path / 'missing'}", "--progress=false")
-    assert r.returncode == 1
+    assert r.returncode == 2  # every command's status for a user error (was 1 before issue 11)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert lines == [f"error: Folder {tmp_path / 'missing'} does not exist; create it with your images or "
                      "run `make data`."]

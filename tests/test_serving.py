@@ -2,7 +2,6 @@
 clear InvalidArgument errors, and use without `anime_gan` (plain TF, saved_model_cli)."""
 
 import io
-import os
 import pathlib
 import re
 import subprocess
@@ -15,60 +14,16 @@ import pytest
 import tensorflow as tf
 
 from anime_gan.generator import Generator
-from anime_gan.official_graph import OfficialGenerator, random_official_weights
+from anime_gan.official_graph import OfficialGenerator
 from anime_gan.serving import StylizeModule, export_saved_model
-from anime_gan.weights import save_generator, tf1_to_generator
+from stylize_helpers import ENV, REPO, max_diff, reference_stylize, seeded_generator, textured, to_uint8
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 MAX_SIDE = 520  # below the default, so the cap is exercised with small requests
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-
-
-def seeded_generator(seed):
-    """A Generator with seeded random weights in which every gamma and beta matters."""
-    g = Generator()
-    g.build()
-    shapes = {name: tuple(v.shape) for name, v in g.tf1_variable_map().items()}
-    return tf1_to_generator(random_official_weights(shapes, seed), g)
-
-
-def to_uint8(y):
-    """The original's output mapping in NumPy: (y + 1) / 2 * 255, clip, truncate."""
-    return np.clip((np.asarray(y, np.float64) + 1.0) / 2.0 * 255.0, 0, 255).astype(np.uint8)
-
-
-def reference_stylize(generator, images):
-    """Independent of anime_gan.serving: NumPy reflect pad to multiples of 4, G, crop, map."""
-    n, h, w, _ = images.shape
-    padded = np.pad(images, [(0, 0), (0, -h % 4), (0, -w % 4), (0, 0)], mode="reflect")
-    y = generator(padded.astype(np.float32) / 127.5 - 1.0).numpy()
-    return to_uint8(y[:, :h, :w])
-
-
-def max_diff(a, b):
-    return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
-
-
-def random_images(shape, seed):
-    # Smooth random images (a photo is not white noise), upsampled from a coarse grid.
-    rng = np.random.default_rng(seed)
-    n, h, w, c = shape
-    coarse = rng.integers(0, 256, (n, max(h // 8, 2), max(w // 8, 2), c)).astype(np.float32)
-    fine = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c) for im in coarse])
-    # Plus pixel noise: borders are not flat, so padding choices show in the result.
-    return np.clip(fine + rng.normal(0, 20, fine.shape), 0, 255).round().astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def generator():
     return seeded_generator(seed=11)
-
-
-@pytest.fixture(scope="module")
-def weights_dir(generator, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("weights")
-    save_generator(generator, directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +66,7 @@ def encode(image_rgb, suffix):
 
 
 def test_multiples_of_4_match_the_generator(loaded, generator):
-    images = random_images((2, 64, 48, 3), seed=1)
+    images = textured((2, 64, 48, 3), seed=1)
     out = serve(loaded, images)
     y = generator(images.astype(np.float32) / 127.5 - 1.0).numpy()
     expected = to_uint8(y)
@@ -122,7 +77,7 @@ def test_multiples_of_4_match_the_generator(loaded, generator):
 
 @pytest.mark.parametrize("size", [(37, 53), (301, 517), (8, 11)])
 def test_odd_sizes_keep_the_exact_input_size(loaded, generator, size):
-    images = random_images((1, *size, 3), seed=sum(size))
+    images = textured((1, *size, 3), seed=sum(size))
     out = serve(loaded, images)
     assert out.shape == images.shape
     assert max_diff(out, reference_stylize(generator, images)) <= 1
@@ -131,10 +86,10 @@ def test_odd_sizes_keep_the_exact_input_size(loaded, generator, size):
 def test_stylize_bytes_each_image_keeps_its_size(loaded, generator):
     from PIL import Image
 
-    png_image = random_images((1, 37, 53, 3), seed=2)[0]
-    bmp_image = random_images((1, 24, 17, 3), seed=3)[0]
-    jpeg_image = random_images((1, 40, 30, 3), seed=4)[0]
-    gif_frames = [random_images((1, 20, 28, 3), seed=s)[0] for s in (5, 6)]
+    png_image = textured((1, 37, 53, 3), seed=2)[0]
+    bmp_image = textured((1, 24, 17, 3), seed=3)[0]
+    jpeg_image = textured((1, 40, 30, 3), seed=4)[0]
+    gif_frames = [textured((1, 20, 28, 3), seed=s)[0] for s in (5, 6)]
     buf = io.BytesIO()
     Image.fromarray(gif_frames[0]).save(buf, "GIF", save_all=True, append_images=[Image.fromarray(gif_frames[1])])
     gif = buf.getvalue()
@@ -151,10 +106,10 @@ def test_stylize_bytes_each_image_keeps_its_size(loaded, generator):
 
 
 def test_stylize_bytes_accepts_gray_rgba_and_16_bit(loaded, generator):
-    gray = random_images((1, 16, 20, 1), seed=7)[0]
+    gray = textured((1, 16, 20, 1), seed=7)[0]
     # TF's decoder drops alpha (documented): the colour under it is what gets stylized.
-    rgba = random_images((1, 16, 20, 4), seed=8)[0]
-    deep = (random_images((1, 16, 20, 3), seed=9)[0].astype(np.uint16) * 257)  # exact 8-bit values in 16 bits
+    rgba = textured((1, 16, 20, 4), seed=8)[0]
+    deep = (textured((1, 16, 20, 3), seed=9)[0].astype(np.uint16) * 257)  # exact 8-bit values in 16 bits
     ok, bgra = cv2.imencode(".png", rgba[..., [2, 1, 0, 3]])
     assert ok
     blobs = [encode(gray, ".png"), bgra.tobytes(), encode(deep, ".png")]
@@ -185,7 +140,7 @@ def test_bad_requests_are_invalid_argument_and_the_model_keeps_serving(loaded, r
     call = serve if request_kind == "images" else serve_bytes
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
         call(loaded, payload)
-    good = random_images((1, 12, 16, 3), seed=12)
+    good = textured((1, 12, 16, 3), seed=12)
     first, again = serve(loaded, good), serve(loaded, good)
     assert first.shape == good.shape and np.array_equal(first, again)
 
@@ -193,7 +148,7 @@ def test_bad_requests_are_invalid_argument_and_the_model_keeps_serving(loaded, r
 def test_float16_policy_generator_is_served_in_float32(generator):
     from anime_gan.generator import build_generator
 
-    images = random_images((1, 24, 20, 3), seed=13)
+    images = textured((1, 24, 20, 3), seed=13)
     half = build_generator("mixed_float16")
     half.set_weights(generator.get_weights())
     assert half.compute_dtype == "float16"
@@ -216,9 +171,9 @@ def test_export_refuses_to_overwrite_without_the_flag(saved_model_dir, weights_d
 
 
 def test_runs_in_a_process_where_anime_gan_cannot_be_imported(saved_model_dir, generator, tmp_path):
-    images = random_images((1, 37, 53, 3), seed=14)
+    images = textured((1, 37, 53, 3), seed=14)
     np.save(tmp_path / "in.npy", images)
-    png = encode(random_images((1, 21, 30, 3), seed=15)[0], ".png")
+    png = encode(textured((1, 21, 30, 3), seed=15)[0], ".png")
     (tmp_path / "in.png").write_bytes(png)
     script = textwrap.dedent(
         f"""
@@ -285,12 +240,12 @@ def test_saved_model_cli_show_and_run_both_signatures(saved_model_dir, generator
                    "outputs['images']", "inputs['image_bytes']", "outputs['image_bytes']", "DT_UINT8", "DT_STRING"]:
         assert needle in show.stdout, needle
 
-    images = random_images((2, 12, 19, 3), seed=16)
+    images = textured((2, 12, 19, 3), seed=16)
     np.save(tmp_path / "images.npy", images)
     cli_run(saved_model_dir, "serving_default", f"images={tmp_path / 'images.npy'}", tmp_path / "out1")
     assert max_diff(np.load(tmp_path / "out1" / "images.npy"), reference_stylize(generator, images)) <= 1
 
-    photo = random_images((1, 21, 30, 3), seed=17)[0]
+    photo = textured((1, 21, 30, 3), seed=17)[0]
     np.save(tmp_path / "bytes.npy", np.array([encode(photo, ".png")], dtype=object), allow_pickle=True)
     cli_run(saved_model_dir, "stylize_bytes", f"image_bytes={tmp_path / 'bytes.npy'}", tmp_path / "out2")
     result = np.load(tmp_path / "out2" / "image_bytes.npy", allow_pickle=True)
@@ -303,7 +258,7 @@ def test_converted_official_checkpoint_serves_like_the_official_graph(official_m
     try:
         official.randomize(seed=5)
         prefix = official.save(tmp_path / "official" / "Hayao-60")
-        photo = random_images((1, 64, 96, 3), seed=18)
+        photo = textured((1, 64, 96, 3), seed=18)
         expected = to_uint8(official(photo.astype(np.float32) / 127.5 - 1.0))
     finally:
         official.close()

@@ -2,8 +2,6 @@
 
 import importlib
 import io
-import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -14,64 +12,12 @@ import pytest
 
 from anime_gan import image_io
 from anime_gan.image_io import ImageError
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-
-
-def textured(shape, seed):
-    """A smooth random picture plus pixel noise (no flat borders)."""
-    rng = np.random.default_rng(seed)
-    h, w, c = shape
-    coarse = rng.integers(0, 256, (max(h // 8, 2), max(w // 8, 2), c)).astype(np.float32)
-    fine = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
-    return np.clip(fine + rng.normal(0, 20, fine.shape), 0, 255).round().astype(np.uint8)
-
-
-def write_rgb(path, rgb):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
-
-
-def read_rgb(path):
-    return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
-
-
-def max_diff(a, b):
-    return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
-
-
-def to_uint8(y):
-    return np.clip((np.asarray(y, np.float64) + 1.0) / 2.0 * 255.0, 0, 255).astype(np.uint8)
-
-
-def reference_stylize(generator, image):
-    """NumPy reflect pad to multiples of 4, G, crop, the original's uint8 mapping."""
-    h, w, _ = image.shape
-    padded = np.pad(image, [(0, -h % 4), (0, -w % 4), (0, 0)], mode="reflect")
-    y = generator(padded[None].astype(np.float32) / 127.5 - 1.0).numpy()[0]
-    return to_uint8(y[:h, :w])
+from stylize_helpers import ENV, REPO, max_diff, read_rgb, reference_stylize, seeded_generator, textured, write_rgb
 
 
 @pytest.fixture(scope="module")
 def generator():
-    from anime_gan.generator import Generator
-    from anime_gan.official_graph import random_official_weights
-    from anime_gan.weights import tf1_to_generator
-
-    g = Generator()
-    g.build()
-    shapes = {name: tuple(v.shape) for name, v in g.tf1_variable_map().items()}
-    return tf1_to_generator(random_official_weights(shapes, seed=21), g)
-
-
-@pytest.fixture(scope="module")
-def weights_dir(generator, tmp_path_factory):
-    from anime_gan.weights import save_generator
-
-    directory = tmp_path_factory.mktemp("weights")
-    save_generator(generator, directory)
-    return directory
+    return seeded_generator(seed=21)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,34 +288,41 @@ def test_cli_help_lists_the_flags():
         assert text in proc.stdout, text
 
 
-def test_video_round_trip_keeps_frames_fps_and_size(generator, weights_dir, tmp_path):
-    fps, size, n_frames = 10.0, (64, 48), 20  # 2 seconds
-    clip = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    frames = [textured((48, 64, 3), seed=100 + i) for i in range(n_frames)]
+def write_video(path, frames, fps=5.0, fourcc="mp4v"):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
     for frame in frames:
         writer.write(np.ascontiguousarray(frame[..., ::-1]))
     writer.release()
+
+
+def read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    meta = (cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame[..., ::-1])
+    cap.release()
+    return meta, frames
+
+
+def test_video_round_trip_keeps_frames_fps_and_size(generator, weights_dir, tmp_path):
+    fps, size, n_frames = 10.0, (64, 48), 20  # 2 seconds
+    clip = tmp_path / "clip.mp4"
+    frames = [textured((48, 64, 3), seed=100 + i) for i in range(n_frames)]
+    write_video(clip, frames, fps)
 
     out = tmp_path / "anime.mp4"
     proc = run_cli(f"--model={weights_dir}", f"--input={clip}", f"--output={out}", "--batch_size=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "audio is not copied" in proc.stderr + proc.stdout
 
-    def read_all(path):
-        cap = cv2.VideoCapture(str(path))
-        meta = (cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        decoded = []
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            decoded.append(frame[..., ::-1])
-        cap.release()
-        return meta, decoded
-
-    (in_fps, in_w, in_h), source_frames = read_all(clip)
-    (out_fps, out_w, out_h), result_frames = read_all(out)
+    (in_fps, in_w, in_h), source_frames = read_video(clip)
+    (out_fps, out_w, out_h), result_frames = read_video(out)
     assert (out_fps, out_w, out_h) == (fps, *size) == (in_fps, in_w, in_h)
     assert len(result_frames) == len(source_frames) == n_frames
     # Frame order and colour order survive. mp4v is lossy (twice here), so each frame is compared
@@ -395,28 +348,6 @@ def test_folder_jobs_mirror_videos_as_mp4(tmp_path):
     assert images == [(src / "a.png", out / "a.png"), (src / "b.gif", out / "b.png")]
     assert videos == [(src / "sub/clip.mov", out / "sub/clip.mov.mp4"), (src / "sub/clip.mp4", out / "sub/clip.mp4"),
                       (src / "sub/talk.AVI", out / "sub/talk.mp4")]
-
-
-def write_video(path, frames, fps=5.0, fourcc="mp4v"):
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(np.ascontiguousarray(frame[..., ::-1]))
-    writer.release()
-
-
-def read_video(path):
-    cap = cv2.VideoCapture(str(path))
-    meta = (cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame[..., ::-1])
-    cap.release()
-    return meta, frames
 
 
 def test_cli_folder_stylizes_the_videos_in_it(generator, weights_dir, tmp_path):

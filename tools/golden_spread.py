@@ -43,8 +43,6 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "anime_gan/golden/official_generator.npz"
-SHARED = pathlib.Path(os.environ.get("ANIME_GAN_SHARED", REPO.parent / "shared"))
-META = SHARED / "reference/official_hayao_generator/Hayao-60.ckpt.meta"
 
 # name -> environment overrides. ONEDNN_MAX_CPU_ISA only matters with oneDNN on (the default on
 # x86 Linux); with TF_ENABLE_ONEDNN_OPTS=0 TensorFlow's own Eigen kernels run instead.
@@ -97,7 +95,7 @@ def worker(out_path, variant=None):
     sys.path.insert(0, str(REPO))
     from anime_gan.generator import Generator
     from anime_gan.layers import InstanceNorm
-    from anime_gan.official_graph import OfficialGenerator, random_official_weights
+    from anime_gan.official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
     from anime_gan.weights import tf1_to_generator
 
     variant = _wrong(variant) if variant else None
@@ -122,8 +120,9 @@ def worker(out_path, variant=None):
     inputs["256x256"] = np.random.default_rng(256256).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
 
     out = {f"ours_{k}": g(x).numpy() for k, x in inputs.items()}
-    if META.exists() and not variant:
-        og = OfficialGenerator(META)
+    out["meta_path"] = np.array(str(OFFICIAL_META))  # the parent names it without importing TensorFlow
+    if OFFICIAL_META.exists() and not variant:
+        og = OfficialGenerator(OFFICIAL_META)
         og.assign(values)
         # The official input placeholder is [1, H, W, 3]: the batch's images are run one by one
         # (batch 1 may get other kernels than batch 3: a cross-kernel figure), and for the
@@ -141,11 +140,12 @@ def _official_on_a_batch(values, x):
     import tensorflow as tf
 
     from anime_gan import constants as C
+    from anime_gan.official_graph import OFFICIAL_META
 
     graph = tf.Graph()
     with graph.as_default():
         ph = tf.compat.v1.placeholder(tf.float32, (None, None, None, 3))
-        tf.compat.v1.train.import_meta_graph(str(META), clear_devices=True, input_map={C.TF1_INPUT: ph})
+        tf.compat.v1.train.import_meta_graph(str(OFFICIAL_META), clear_devices=True, input_map={C.TF1_INPUT: ph})
         output = graph.get_tensor_by_name(C.TF1_OUTPUT)
         assigns = [v.assign(values[v.op.name]) for v in tf.compat.v1.global_variables()]
         with tf.compat.v1.Session(graph=graph) as session:
@@ -218,7 +218,8 @@ def main():
     have_official = "official_64x96" in results[names[0]]["outputs"]
 
     print(f"\nCPU: {report['cpu']}")
-    print(f"golden: {GOLDEN.relative_to(REPO)}; official graph: {META if have_official else 'absent'}\n")
+    meta = str(results[names[0]]["outputs"]["meta_path"])
+    print(f"golden: {GOLDEN.relative_to(REPO)}; official graph: {meta if have_official else 'absent'}\n")
     print("## ours vs golden, per kernel configuration (max |Δ| / mean |Δ|; batch = its first image)\n")
     print("| configuration | oneDNN | " + " | ".join(checked) + " | same-process max |ours − official| "
           "| max |official − golden| | official graph: batch − one by one |")

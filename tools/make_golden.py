@@ -14,17 +14,16 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anime_gan.official_graph import OfficialGenerator  # noqa: E402
+from anime_gan.official_graph import OFFICIAL_META, OfficialGenerator  # noqa: E402
 
-META = REPO.parent / "shared/reference/official_hayao_generator/Hayao-60.ckpt.meta"
 SEED = 20191101
 SIZES = [(64, 96), (100, 76), (37, 53)]
 
 
 def main():
-    if not META.exists():
-        sys.exit(f"error: the official graph is not at {META}; put ../shared beside this clone.")
-    og = OfficialGenerator(META)
+    if not OFFICIAL_META.exists():
+        sys.exit(f"error: the official graph is not at {OFFICIAL_META}; put ../shared beside this clone.")
+    og = OfficialGenerator(OFFICIAL_META)
     values = og.randomize(SEED)
     rng = np.random.default_rng(SEED + 1)
     out = {"seed": np.int64(SEED)}
