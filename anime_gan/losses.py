@@ -11,17 +11,18 @@ from __future__ import annotations
 import tensorflow as tf
 
 from anime_gan import constants as C
+from anime_gan.errors import ConfigError
 
-PENALISED_GAN_TYPES = ("wgan-gp", "wgan-lp", "dragan")
 
 
 def _f32(x):
     return tf.cast(x, tf.float32)
 
 
-def _check_gan_type(gan_type):
+def check_gan_type(gan_type):
+    """The one check of a gan_type name (flags, the model and every loss use it)."""
     if gan_type not in C.GAN_TYPES:
-        raise ValueError(f"Unknown gan_type {gan_type!r}: use one of {', '.join(C.GAN_TYPES)}.")
+        raise ConfigError(f"--gan_type must be one of {', '.join(C.GAN_TYPES)} (got {gan_type!r}).")
 
 
 def _l1(a, b):
@@ -71,7 +72,7 @@ def _sigmoid_ce(logits, label):
 
 def generator_adv_loss(fake_logit, gan_type: str = "lsgan"):
     """The generator's adversarial loss on D(G(p))."""
-    _check_gan_type(gan_type)
+    check_gan_type(gan_type)
     fake = _f32(fake_logit)
     if gan_type == "lsgan":
         return tf.reduce_mean(tf.square(fake - 1.0))
@@ -102,7 +103,7 @@ def discriminator_adv_loss(real_logit, gray_logit, fake_logit, smooth_logit, gan
     Returns d_real, d_gray, d_fake, d_smooth (unweighted) and
     d_adv = d_real + d_gray + d_fake + 0.1 * d_smooth (the official weighting).
     """
-    _check_gan_type(gan_type)
+    check_gan_type(gan_type)
     real_term, fake_term = _real_and_fake_terms(gan_type)
     parts = {
         "d_real": real_term(_f32(real_logit)),
@@ -130,14 +131,17 @@ def gradient_penalty(discriminator, real, fake, gan_type: str, ld: float = C.GP_
     per image over all pixels and channels.
     wgan-gp, dragan: ld * mean((|grad| - 1)^2); wgan-lp: ld * mean(max(0, |grad| - 1)^2).
 
-    discriminator: callable(x, training=True) -> logits. Call this under the outer tape that
+    discriminator: callable(x, training=False) -> logits. It is called with training=False: the
+    penalty's evaluation is one more D evaluation of the D update, so a spectral-norm D computes
+    W/sigma from its stored u, like the update's other evaluations, and stores nothing (the update
+    stores u' once, in its last evaluation; see model.py). Call this under the outer tape that
     differentiates the D loss: the inner tape's gradient is then itself differentiated (double
     backprop), which works in tf.function and in a tf.distribute replica context.
     seed: op seed of the random draws (None in training). alpha ([N,1,1,1]) and noise (like real)
     replace the random draws, for tests.
     """
-    _check_gan_type(gan_type)
-    if gan_type not in PENALISED_GAN_TYPES:
+    check_gan_type(gan_type)
+    if gan_type not in C.GP_GAN_TYPES:
         return tf.constant(0.0, tf.float32)
     real = _f32(real)
     batch = tf.shape(real)[0]
@@ -153,7 +157,7 @@ def gradient_penalty(discriminator, real, fake, gan_type: str, ld: float = C.GP_
     x_hat = real + _f32(alpha) * (other - real)
     with tf.GradientTape() as tape:
         tape.watch(x_hat)
-        logit = _f32(discriminator(x_hat, training=True))
+        logit = _f32(discriminator(x_hat, training=False))
         total = tf.reduce_sum(logit)
     grad = _f32(tape.gradient(total, x_hat))
     # The tiny floor keeps sqrt's derivative finite where a gradient is exactly zero; it moves the

@@ -22,13 +22,25 @@ stored u, only the last evaluation storing u' (one iteration), and the G update 
 once more (the second iteration of the step). Four separate evaluations rather than one on the
 concatenated batches: the logits would be the same, but the gradient sums would be ordered
 differently, and Adam's first steps turn such rounding differences on near-zero gradients into
-lr-sized differences of the weights. Two iterations per GAN step, as in the original. A gradient penalty (`gan_type` wgan-gp,
-wgan-lp, dragan) evaluates D once more on x-hat, which adds one iteration (from a u that is already
-the step's u'); the original's penalty code could not run, so there is nothing to match there.
+lr-sized differences of the weights. Two iterations per GAN step, as in the original.
+A gradient penalty (`gan_type` wgan-gp, wgan-lp, dragan) adds a fifth D evaluation to the D update,
+on x-hat. In the original's graph (with its penalty code fixed, ORIGINAL.md "Gradient-penalty GAN
+types and spectral norm") that evaluation belongs to the same `sess.run`, so it reads the same stored
+u and uses the same W/sigma as the other four, and u still advances one iteration per D update. So
+the penalty evaluates D with training=False (reading u, storing nothing), and it runs before the one
+storing evaluation, D(y_gray): u' is stored exactly once per D update for every `gan_type`.
 
 `training_rate` (original: "G:D updates"): the original updated D on the first of every
 `training_rate` G steps. `gan_step(..., update_discriminator=False)` is the G-only step of the other
-`training_rate - 1` steps; the loop picks it (see `training.py`).
+`training_rate - 1` steps.
+
+`train_step(data)` is THE step: our loop (`training.step_functions`) and Keras' `fit` both run it.
+It does what two Python attributes say, read when the step is traced: `phase` ("init" or "gan")
+and `update_discriminator`. Our loop traces one function per mode; for `fit`, the callback
+`PhaseSchedule(init_epoch, training_rate)` sets the mode before each batch and swaps in the train
+function traced for it:
+
+    model.fit(dataset, epochs=epoch, steps_per_epoch=n, callbacks=[PhaseSchedule(init_epoch)])
 
 Under `tf.distribute` each replica computes the mean losses of its share of the global batch and
 differentiates `loss / num_replicas`; the optimizers sum the replicas' gradients, so the update is
@@ -44,11 +56,6 @@ import tensorflow as tf
 from anime_gan import constants as C
 from anime_gan import losses as L
 
-INIT_LOSS_NAMES = ("content", "init_loss")
-G_LOSS_NAMES = ("g_adv", "content", "style", "color", "g_loss")
-D_LOSS_NAMES = ("d_real", "d_gray", "d_fake", "d_smooth", "d_adv", "gp", "d_loss")
-GAN_LOSS_NAMES = D_LOSS_NAMES + G_LOSS_NAMES
-GP_GAN_TYPES = ("wgan-gp", "wgan-lp", "dragan")
 
 
 def make_adam(learning_rate):
@@ -95,8 +102,7 @@ class AnimeGAN(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        if gan_type not in C.GAN_TYPES:
-            raise ValueError(f"gan_type must be one of {', '.join(C.GAN_TYPES)} (got {gan_type!r}).")
+        L.check_gan_type(gan_type)
         self.generator = generator
         self.discriminator = discriminator
         self.vgg = vgg
@@ -110,9 +116,12 @@ class AnimeGAN(keras.Model):
         # The only randomness of a step: the gradient penalty's interpolation (and dragan's noise).
         # A tf.random.Generator so that its state is checkpointed with the model.
         self.rng = tf.random.Generator.from_seed(int(seed))
-        self.phase = "init"
+        self.phase = "init"  # what train_step does; see the module docstring
+        self.update_discriminator = True
 
     def compile(self, init_optimizer, g_optimizer, d_optimizer, **kwargs):
+        # Keras' "auto" would turn XLA on wherever a GPU is; --jit_compile is the one switch for it.
+        kwargs.setdefault("jit_compile", False)
         super().compile(**kwargs)
         self.init_optimizer = init_optimizer
         self.g_optimizer = g_optimizer
@@ -145,7 +154,7 @@ class AnimeGAN(keras.Model):
         return {"content": content, "init_loss": init_loss}
 
     def _gradient_penalty(self, anime, generated):
-        if self.gan_type not in GP_GAN_TYPES:
+        if self.gan_type not in C.GP_GAN_TYPES:
             return tf.constant(0.0, tf.float32)
         # Drawn from the model's checkpointed generator, so a resumed run draws what an
         # uninterrupted one would have.
@@ -159,15 +168,18 @@ class AnimeGAN(keras.Model):
         """One D update; returns D's loss terms. `generated` is G(p), treated as a constant."""
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
-            # The original's four D evaluations of one sess.run read the same stored u and store the
-            # same u': evaluate the first three without storing (training=False computes the very
-            # same W/sigma) and let the last one store u' (one power iteration per D update).
+            # The original's D evaluations of one sess.run read the same stored u and store the same
+            # u': evaluate all but the last without storing (training=False computes the very same
+            # W/sigma) and let the last one store u' (one power iteration per D update). The gradient
+            # penalty's evaluation on x-hat (training=False) is one of those that read u, so it comes
+            # before the storing call: the step's automatic control dependencies run the reads and
+            # writes of u in program order.
             real = self.discriminator(anime, training=False)
             gray = self.discriminator(anime_gray, training=False)
             fake = self.discriminator(generated, training=False)
+            gp = self._gradient_penalty(anime, generated)
             smooth = self.discriminator(smooth_gray, training=True)
             parts = L.discriminator_adv_loss(real, gray, fake, smooth, gan_type=self.gan_type)
-            gp = self._gradient_penalty(anime, generated)
             d_loss = L.discriminator_loss(parts["d_adv"], gp, d_adv_weight=self.d_adv_weight)
             scaled = _scaled(self.d_optimizer, d_loss)
         grads = tape.gradient(scaled, d_vars)
@@ -205,8 +217,46 @@ class AnimeGAN(keras.Model):
                 "g_loss": g_loss}
 
     def train_step(self, data):
-        """Keras' hook (`fit` works too): data = (photo, anime, anime_gray, smooth_gray)."""
+        """One training step on data = (photo, anime, anime_gray, smooth_gray), in the mode that
+        `phase` and `update_discriminator` say; returns every loss term."""
         photo, anime, anime_gray, smooth_gray = data
         if self.phase == "init":
             return self.init_step(photo)
-        return self.gan_step(photo, anime, anime_gray, smooth_gray)
+        return self.gan_step(photo, anime, anime_gray, smooth_gray,
+                             update_discriminator=self.update_discriminator)
+
+
+class PhaseSchedule(keras.callbacks.Callback):
+    """The original's schedule for `AnimeGAN.fit`: the init phase for the first `init_epoch` epochs,
+    then the GAN phase with the D update on the first of every `training_rate` GAN steps.
+
+    Before each batch it sets the model's mode and, when the mode changes, swaps in the train
+    function traced for that mode (Keras reads `model.train_function` afresh for every batch), so
+    each mode is traced once, as in our loop.
+    """
+
+    def __init__(self, init_epoch, training_rate=1):
+        super().__init__()
+        self.init_epoch = int(init_epoch)
+        self.training_rate = int(training_rate)
+        self.epoch = 0
+        self.gan_steps = 0
+        self.mode = None
+        self.functions = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch < self.init_epoch:
+            mode = ("init", True)
+        else:
+            mode = ("gan", self.gan_steps % self.training_rate == 0)
+            self.gan_steps += 1
+        if mode == self.mode:
+            return
+        self.model.phase, self.model.update_discriminator = self.mode = mode
+        if mode not in self.functions:
+            self.model.make_train_function(force=True)
+            self.functions[mode] = self.model.train_function
+        self.model.train_function = self.functions[mode]

@@ -26,13 +26,13 @@ def train_step_rate(phase="gan", policy="float32", jit_compile=False, img_size=2
     try:
         strategy = tf.distribute.get_strategy()
         model = T.build_model(cfg, strategy)
-        init_fn, gan_fn, _ = T._step_functions(model, strategy, jit_compile)
+        init_fn, gan_fn, _ = T.step_functions(model, strategy, jit_compile)
         rng = np.random.default_rng(0)
         batch = tuple(tf.constant(rng.uniform(-1, 1, (batch_size, img_size, img_size, 3)).astype(np.float32))
                       for _ in range(4))
 
         def step():
-            out = init_fn(batch[0]) if phase == "init" else gan_fn(*batch)
+            out = init_fn(*batch) if phase == "init" else gan_fn(*batch)
             float(out["content"])  # wait for the step
 
         ms = median_ms(step, repeats=repeats, warmup=warmup)

@@ -22,7 +22,7 @@ from anime_gan import training as T  # noqa: E402
 
 SGD_LR = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "xla" else 1e-6
 cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=4, seed=1)
-T._configure(cfg)
+T.configure(cfg)
 mirrored = T.make_strategy("mirrored")
 default = tf.distribute.get_strategy()
 assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
@@ -52,8 +52,8 @@ rng = np.random.default_rng(0)
 batch = tuple(tf.constant(rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)) for _ in range(4))
 fns = {}
 for name, model, strategy in (("two", two, mirrored), ("one", one, default)):
-    init_fn, gan_fn, _ = T._step_functions(model, strategy, jit_compile=False)
-    fns[name] = (init_fn, gan_fn, T._splitter(strategy, cfg.batch_size)(batch))
+    init_fn, gan_fn, _ = T.step_functions(model, strategy, jit_compile=False)
+    fns[name] = (init_fn, gan_fn, T.split_batch(strategy, cfg.batch_size)(batch))
 
 
 def weights(model):
@@ -73,7 +73,7 @@ for phase in ("init", "gan"):
     results = {}
     for name in ("two", "one"):
         init_fn, gan_fn, per = fns[name]
-        step = init_fn(per[0]) if phase == "init" else gan_fn(*per)
+        step = init_fn(*per) if phase == "init" else gan_fn(*per)
         results[name] = ({f"{phase}/{k}": float(v) for k, v in step.items()}, weights(two if name == "two" else one))
     (l2, w2), (l1, w1) = results["two"], results["one"]
     out["loss_diff"].update({k: abs(l2[k] - l1[k]) for k in l1})

@@ -2,7 +2,6 @@
 the run folder (final weights, else its newest training checkpoint), a `ckpt-N` prefix, a SavedModel;
 anything else is refused in one sentence."""
 
-import os
 import pathlib
 import shutil
 import subprocess
@@ -13,10 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from stylize_helpers import ENV, REPO, logged, to_uint8
 from training_helpers import STYLE, make_tiny_dataset
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +28,7 @@ def run(tmp_path_factory):
         dataset_dir=data, dataset=STYLE, checkpoint_dir=str(root / "run"), img_size=32, batch_size=2, ch=8,
         epoch=1, init_epoch=1, steps_per_epoch=2, checkpoint_every_steps=1, vgg_weights="random", seed=5,
         export_saved_model=False, progress=False)
-    result = training.train(cfg, log=lambda message: None)
+    result = training.train(cfg)
     assert sorted(p.name for p in pathlib.Path(cfg.checkpoint_dir).glob("ckpt-*.index")) == [
         "ckpt-1.index", "ckpt-2.index"]
     return pathlib.Path(cfg.checkpoint_dir), result.model.generator
@@ -43,11 +40,6 @@ def photo():
     return tf.constant(rng.uniform(-1, 1, (1, 24, 20, 3)).astype(np.float32))
 
 
-def to_uint8(y):
-    """The original's output mapping: (y + 1) / 2 * 255, clipped, truncated."""
-    return np.clip((np.asarray(y, np.float64) + 1.0) / 2.0 * 255.0, 0, 255).astype(np.uint8)
-
-
 def assert_same_generator(loaded, trained, photo):
     for a, b in zip(loaded.weights, trained.weights, strict=True):
         assert np.array_equal(a.numpy(), b.numpy()), a.path
@@ -55,10 +47,12 @@ def assert_same_generator(loaded, trained, photo):
 
 
 def load(path):
+    """The generator and the notes `load_generator` logged ("note: <text>." -> <text>)."""
     from anime_gan.weights import load_generator
 
-    notes = []
-    return load_generator(path, log=notes.append), notes
+    with logged("anime_gan.weights") as messages:
+        generator = load_generator(path)
+    return generator, [m.removeprefix("note: ").removesuffix(".") for m in messages]
 
 
 def test_run_folder_gives_the_final_weights(run, photo):
@@ -104,7 +98,7 @@ def test_training_checkpoint_under_a_policy(run):
     run_dir, trained = run
     from anime_gan.weights import load_generator
 
-    generator = load_generator(run_dir / "ckpt-2", policy="mixed_bfloat16", log=lambda m: None)
+    generator = load_generator(run_dir / "ckpt-2", policy="mixed_bfloat16")
     assert generator.m.compute_dtype == "bfloat16"
     for a, b in zip(generator.weights, trained.weights, strict=True):
         assert np.array_equal(a.numpy(), b.numpy())
@@ -145,9 +139,10 @@ def test_stylize_reads_an_unfinished_run(run, tmp_path):
 
 
 def test_anything_else_is_refused_in_one_sentence(run, tmp_path):
+    from anime_gan.errors import ModelError, PathNotFoundError
     from anime_gan.export import export
     from anime_gan.stylize import load_model
-    from anime_gan.weights import CheckpointMismatchError, load_generator
+    from anime_gan.weights import load_generator
 
     run_dir, _ = run
     empty = tmp_path / "empty"
@@ -157,23 +152,23 @@ def test_anything_else_is_refused_in_one_sentence(run, tmp_path):
                   "generator/generator.weights.h5 and a checkpoint (a training run's ckpt-N or an official TF1 "
                   "one) in it and found none.")
     for call in (load_generator, load_model, lambda p: export(str(p), str(tmp_path / "out"))):
-        with pytest.raises(FileNotFoundError) as info:
+        with pytest.raises(PathNotFoundError) as info:
             call(empty)
         assert str(info.value) == looked_for
 
     accepted = ("pass a SavedModel folder, a folder holding generator.weights.h5, a training run folder (its "
                 "generator/generator.weights.h5, else its newest ckpt-N), a training checkpoint prefix such as "
                 "run/ckpt-12, a .weights.h5 file or an official TF1 checkpoint prefix.")
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(PathNotFoundError) as info:
         load_generator(run_dir / "ckpt-9")
     assert str(info.value) == f"no model at {run_dir / 'ckpt-9'} (nothing by that name, nor {run_dir / 'ckpt-9'}.index); {accepted}"
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ModelError) as info:
         load_generator(empty / "notes.txt")
     assert str(info.value) == f"{empty / 'notes.txt'} is not a model file; {accepted}"
 
     # A TF2 checkpoint of something else: told apart from a TF1 one, refused by what it lacks.
     other = tf.train.Checkpoint(x=tf.Variable(1.0)).save(str(tmp_path / "other" / "ckpt"))
-    with pytest.raises(CheckpointMismatchError) as info:
+    with pytest.raises(ModelError) as info:
         load_generator(other)
     assert str(info.value) == (f"{other} is a TF2 checkpoint but not one of anime_gan.train's "
                                "(129 of the generator's 129 variables have no value in it).")

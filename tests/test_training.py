@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import math
 import os
 
@@ -82,7 +83,7 @@ def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
     from anime_gan.weights import load_generator
 
     cfg = _cfg(tiny, tmp_path, training_rate=2, checkpoint_every_steps=3)
-    res = T.train(cfg, log=lambda *a: None)
+    res = T.train(cfg)
     # 8 photos / batch 2 = 4 steps per epoch; 2 epochs.
     assert (res.steps, res.epochs) == (8, 2)
     records = [json.loads(line) for line in open(res.metrics_path)]
@@ -153,7 +154,17 @@ def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
     # Re-running a finished run restores it, trains nothing more and says so.
     assert res.steps_this_run == 8 and res.text().startswith("trained 2 epochs, 8 steps")
     said = []
-    res2 = T.train(cfg, log=said.append)
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: said.append(record.getMessage())
+    training_logger = logging.getLogger("anime_gan.training")
+    training_logger.addHandler(handler)
+    level = training_logger.level
+    training_logger.setLevel(logging.INFO)
+    try:
+        res2 = T.train(cfg)
+    finally:
+        training_logger.removeHandler(handler)
+        training_logger.setLevel(level)
     assert res2.steps == 8 and [json.loads(line) for line in open(res2.metrics_path)] == records
     assert res2.steps_this_run == 0 and res2.text().startswith("already complete: 2 epochs, 8 steps")
     assert any("already complete" in line for line in said)
@@ -166,7 +177,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path):
 
     cfg = _cfg(tiny, tmp_path, init_lr=1e30, g_lr=1e30, checkpoint_every_steps=1)
     with pytest.raises(T.NonFiniteLossError) as e:
-        T.train(cfg, log=lambda *a: None)
+        T.train(cfg)
     msg = str(e.value)
     m = re.fullmatch(r"Training stopped at step (\d+) \(epoch \d, (init|gan) phase\): the (\w+) loss is "
                      r"(nan|inf|-inf); the last good checkpoint \((\S+)\) is intact\.", msg)
@@ -193,17 +204,17 @@ def test_mixed_precision_steps_are_finite(tmp_path, policy, jit_compile):
     import keras
 
     cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, mixed_precision=policy)
-    previous = T._configure(cfg)
+    previous = T.configure(cfg)
     try:
         strategy = tf.distribute.get_strategy()
         model = T.build_model(cfg, strategy)
         assert model.generator.compute_dtype == policy.split("_")[1]
         assert isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
-        init_fn, gan_fn, _ = T._step_functions(model, strategy, jit_compile=jit_compile)
+        init_fn, gan_fn, _ = T.step_functions(model, strategy, jit_compile=jit_compile)
         rng = np.random.default_rng(0)
         batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
         before = [v.numpy().copy() for v in model.generator.trainable_variables]
-        for out in (init_fn(batch[0]), gan_fn(*batch), gan_fn(*batch)):
+        for out in (init_fn(*batch), gan_fn(*batch), gan_fn(*batch)):
             assert all(math.isfinite(float(v)) for v in out.values()), out
         # Dynamic loss scaling starts at 2**15 and halves on every overflowing step (which it skips):
         # a few more init steps let float16 reach a scale whose gradients fit and the weights move.
@@ -211,7 +222,7 @@ def test_mixed_precision_steps_are_finite(tmp_path, policy, jit_compile):
             moved = max(np.abs(v.numpy() - b).max() for v, b in zip(model.generator.trainable_variables, before))
             if moved > 0:
                 break
-            assert all(math.isfinite(float(v)) for v in init_fn(batch[0]).values())
+            assert all(math.isfinite(float(v)) for v in init_fn(*batch).values())
         assert moved > 0
         if policy == "mixed_float16":
             assert float(model.init_optimizer.dynamic_scale) < 2.0 ** 15
@@ -225,14 +236,14 @@ def test_xla_steps_match_the_plain_steps():
     import keras
 
     cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
-    T._configure(cfg)
+    T.configure(cfg)
     strategy = tf.distribute.get_strategy()
     plain, xla = T.build_model(cfg, strategy), T.build_model(cfg, strategy)
     for m in (plain, xla):  # SGD: the update is the gradient itself (see test_train_step.py)
         m.compile(*(keras.optimizers.SGD(1e-6) for _ in range(3)))
     rng = np.random.default_rng(0)
     batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
-    fns = {jit: T._step_functions(m, strategy, jit_compile=jit) for m, jit in ((plain, False), (xla, True))}
+    fns = {jit: T.step_functions(m, strategy, jit_compile=jit) for m, jit in ((plain, False), (xla, True))}
     pairs = list(zip(plain.generator.weights + plain.discriminator.weights,
                      xla.generator.weights + xla.discriminator.weights))
     # Each step starts both models from the same weights: this tiny model's GAN step is chaotic
@@ -244,7 +255,7 @@ def test_xla_steps_match_the_plain_steps():
         outs = []
         for jit in (False, True):
             init_fn, gan_fn, _ = fns[jit]
-            step = init_fn(batch[0]) if phase == "init" else gan_fn(*batch)
+            step = init_fn(*batch) if phase == "init" else gan_fn(*batch)
             outs.append({k: float(v) for k, v in step.items()})
         for k in outs[0]:
             assert outs[1][k] == pytest.approx(outs[0][k], rel=1e-4, abs=1e-5), (phase, k)
@@ -257,3 +268,48 @@ def test_xla_steps_match_the_plain_steps():
         d_xla = np.concatenate([(b.numpy() - s0).ravel() for (a, b), s0 in zip(pairs, start) if a.trainable])
         bound = 0.01 if phase == "init" else 0.02
         assert np.linalg.norm(d_xla - d_plain) <= bound * np.linalg.norm(d_plain), phase
+
+
+def test_fit_and_our_loop_take_the_same_first_steps():
+    """AnimeGAN.train_step is the step of both: Keras' fit (with PhaseSchedule) and our loop's
+    step functions, from equal weights, give the same losses and weights after one init step and
+    one GAN step (the tolerance of the one-step tests, rel 1e-5)."""
+    import keras
+
+    from anime_gan.model import PhaseSchedule
+
+    cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
+    T.configure(cfg)
+    strategy = tf.distribute.get_strategy()
+    ours, fitted = T.build_model(cfg, strategy), T.build_model(cfg, strategy)
+    pairs = list(zip(ours.generator.weights + ours.discriminator.weights,
+                     fitted.generator.weights + fitted.discriminator.weights))
+    for a, b in pairs:
+        b.assign(a.numpy())
+    start = [a.numpy().copy() for a, _ in pairs]
+    rng = np.random.default_rng(0)
+    batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
+
+    init_fn, gan_fn, _ = T.step_functions(ours, strategy, jit_compile=False)
+    loop_logs = [{k: float(v) for k, v in fn(*batch).items()} for fn in (init_fn, gan_fn)]
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.logs = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.logs.append({k: float(v) for k, v in logs.items()})
+
+    record = Record()
+    fitted.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=2, steps_per_epoch=1, verbose=0, shuffle=False,
+               callbacks=[PhaseSchedule(init_epoch=1), record])
+    assert [set(r) for r in record.logs] == [set(r) for r in loop_logs]
+    assert "init_loss" in record.logs[0] and "d_loss" in record.logs[1]
+    for fit_log, loop_log in zip(record.logs, loop_logs):
+        for k in loop_log:
+            assert fit_log[k] == pytest.approx(loop_log[k], rel=1e-5), k
+    for a, b in pairs:
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
+    # Both steps really trained: G and D moved away from where they started.
+    assert all(np.abs(a.numpy() - s0).max() > 0 for (a, _), s0 in zip(pairs, start) if a.trainable)
