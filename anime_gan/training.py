@@ -161,19 +161,23 @@ def configure(cfg: TrainConfig):
         # gradient over its several reads (four D evaluations, each also reading the kernel for the
         # power iteration), the sum of G(p)'s gradient from D, VGG and the colour loss, and
         # d_adv = d_real + d_gray + d_fake + 0.1 * d_smooth, which Grappler turns into an AddN.
-        # Measured: one process, same state, the same GAN step run 16 times with a busy loop beside
-        # it gave D gradients that differed by one ulp in most runs and a d_adv alternating between
-        # two values (its four terms were identical in every run). The init step has no such AddN,
-        # which is why the issue's init-phase losses agreed.
+        # Measured in one process: the same GAN step, run again and again from the same state beside
+        # a busy loop, gave weights that differed from the first run's in 35 of 42 repetitions (six
+        # gan_types), and d_adv took two values one ulp apart although its four terms were identical
+        # in every run. Without the rewrite (Grappler off, or this setting), or with one inter-op
+        # thread, every repetition was identical. The init step has no such AddN, which is why the
+        # issue's init-phase losses agreed.
         # Turning the rewrite off (memory_optimization = NO_MEM_OPT) removes the race at its
-        # source: every AddN then sums its inputs in their fixed order. It costs no measurable step
-        # time (the rewrite only lowers peak memory). TF 2 has no public switch for it
-        # (tf.config.optimizer.set_experimental_options has a fixed list without it), so it is set
-        # in the eager context's base ConfigProto. Every function call's Grappler config is built
-        # from that proto (thread-local copies are rebuilt after any tf.config change), so the
-        # setting holds for all threads and for functions traced later. The other remedy,
-        # inter_op_parallelism_threads = 1, only hides the race by running one op at a time. It
-        # doubles the GAN step time on 2 cores and must be set before the TF runtime starts.
+        # source: every AddN then sums its inputs in their fixed order. Measured on 2 cores, it costs
+        # nothing: the demo step (64x64, batch 4) took 0.61 s with or without it, and at the
+        # original's 256x256, batch 6 the peak memory (9.4 GB) and step time did not change. TF 2
+        # has no public switch for this optimizer (tf.config.optimizer.set_experimental_options
+        # has a fixed list without it), so it is set in the eager context's base ConfigProto. Every
+        # function call's Grappler config is built from that proto (thread-local copies are rebuilt
+        # after any tf.config change), so the setting holds for all threads and for functions traced
+        # later; it needs no restart of the runtime. The other remedy, inter_op_parallelism_threads
+        # = 1, only hides the race by running one op at a time. It costs about 4% on the demo step
+        # and must be set before the TF runtime starts, which an in-process train() cannot ensure.
         from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
         from tensorflow.python.eager import context
 

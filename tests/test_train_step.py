@@ -6,7 +6,9 @@ update on (a, x_gray, G(p), y_gray), then G's update against the updated D, with
 forward pass as the original's separate `sess.run` did. Spectral norm follows the original TF1
 graph: every D evaluation of one `sess.run` reads the same stored u (and stores the same u'), so the
 reference evaluates D on each batch separately from the same u (training=False evaluates without
-storing; the last call stores u'), and the G update's D call iterates once more.
+storing; the last call stores u'), the gradient penalty's D evaluation on x-hat reads that same u
+(ORIGINAL.md "Gradient-penalty GAN types and spectral norm"), and the G update's D call iterates
+once more.
 """
 
 import numpy as np
@@ -86,11 +88,21 @@ def ref_gan_step(G, D, vgg, batch, d_opt, g_opt, gan_type="lsgan", alpha=None, l
     p, a, x_gray, y_gray = batch
     out = {}
     generated = G(p)
-    # D update: four evaluations from the same stored u; the last one stores u'.
+    # D update: four evaluations (five with a gradient penalty) from the same stored u; only the
+    # one on y_gray stores u', after the others have read u.
     with tf.GradientTape() as tape:
         real = D(a, training=False)
         gray = D(x_gray, training=False)
         fake = D(generated, training=False)
+        gp = tf.constant(0.0)
+        if gan_type == "wgan-gp":
+            x_hat = a + alpha * (generated - a)
+            with tf.GradientTape() as inner:
+                inner.watch(x_hat)
+                s = tf.reduce_sum(D(x_hat, training=False))
+            grad = inner.gradient(s, x_hat)
+            norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3]))
+            gp = ld * tf.reduce_mean(tf.square(norm - 1))
         smooth = D(y_gray, training=True)
         if gan_type == "lsgan":
             out["d_real"] = tf.reduce_mean(tf.square(real - 1))
@@ -103,15 +115,6 @@ def ref_gan_step(G, D, vgg, batch, d_opt, g_opt, gan_type="lsgan", alpha=None, l
             out["d_fake"] = tf.reduce_mean(fake)
             out["d_smooth"] = tf.reduce_mean(smooth)
         out["d_adv"] = out["d_real"] + out["d_gray"] + out["d_fake"] + 0.1 * out["d_smooth"]
-        gp = tf.constant(0.0)
-        if gan_type == "wgan-gp":
-            x_hat = a + alpha * (generated - a)
-            with tf.GradientTape() as inner:
-                inner.watch(x_hat)
-                s = tf.reduce_sum(D(x_hat, training=True))
-            grad = inner.gradient(s, x_hat)
-            norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3]))
-            gp = ld * tf.reduce_mean(tf.square(norm - 1))
         out["gp"] = gp
         out["d_loss"] = W["d_adv"] * out["d_adv"] + gp
     d_opt.apply(tape.gradient(out["d_loss"], D.trainable_variables), D.trainable_variables)
@@ -269,3 +272,75 @@ def test_optimizers_are_tf1_adam():
     np.testing.assert_allclose(moved, ref_moved, rtol=2e-3, atol=2e-7)
     # Epsilon 1e-8 matters here: Keras' default 1e-7 would move each weight ~8x less.
     assert np.abs(moved).mean() > 3e-4
+
+
+# ---- spectral norm with a gradient penalty (ORIGINAL.md "Gradient-penalty GAN types and spectral norm") ----
+def np_power_iteration(w, u):
+    """One power iteration in float64, as ORIGINAL.md states it: u' = l2n(l2n(u W^T) W)."""
+    def l2n(x):
+        return x / (np.sqrt(np.sum(x * x)) + 1e-12)
+
+    return l2n(l2n(u @ w.T) @ w)
+
+
+def np_penalty(norms, gan_type, ld=10.0):
+    if gan_type == "wgan-lp":
+        return ld * np.mean(np.maximum(0.0, norms - 1) ** 2)
+    return ld * np.mean((norms - 1) ** 2)
+
+
+def ref_penalty(D, anime, generated, gan_type, rng):
+    """The penalty from D's current state, drawing alpha (then dragan's noise) as the model does."""
+    a = anime.numpy().astype(np.float64)
+    alpha = rng.uniform([BATCH, 1, 1, 1], 0.0, 1.0).numpy().astype(np.float64)
+    if gan_type == "dragan":
+        other = a + 0.5 * a.std() * rng.uniform(anime.shape, 0.0, 1.0).numpy()
+    else:
+        other = generated.numpy().astype(np.float64)
+    x_hat = tf.constant((a + alpha * (other - a)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x_hat)
+        total = tf.reduce_sum(D(x_hat, training=False))
+    grad = tape.gradient(total, x_hat).numpy().astype(np.float64)
+    return np_penalty(np.sqrt(np.sum(grad ** 2, axis=(1, 2, 3))), gan_type)
+
+
+@pytest.mark.parametrize("gan_type", ["wgan-gp", "wgan-lp", "dragan"])
+def test_gradient_penalty_reads_the_stored_u(gan_type):
+    """The penalty's D evaluation is a fifth evaluation of the D update: it uses W/sigma from the same
+    stored u as the other four, and the update stores u' once (one power iteration), not twice."""
+    model, (photo, anime, anime_gray, smooth_gray) = _build(gan_type)
+    D = model.discriminator
+    convs = D.spectral_convs()
+    generated = model.generator(photo, training=True)
+    w0 = [c.kernel.numpy().reshape(-1, c.filters).astype(np.float64) for c in convs]
+    u0 = [c.u.numpy().astype(np.float64) for c in convs]
+    before = [v.numpy().copy() for v in D.weights]
+    rng_state = model.rng.state.numpy().copy()
+
+    out = tf.function(model.discriminator_step)(anime, anime_gray, generated, smooth_gray)
+
+    # u advanced by exactly one iteration from (W, u) before the update. A second iteration (the
+    # penalty's D call storing once more) would be far outside the tolerance for most layers.
+    second_step = []
+    for c, w, u in zip(convs, w0, u0):
+        once = np_power_iteration(w, u)
+        np.testing.assert_allclose(c.u.numpy(), once, rtol=0, atol=1e-5, err_msg=c.name)
+        second_step.append(np.abs(np_power_iteration(w, once) - once).max())
+    assert max(second_step) > 1e-2, second_step
+
+    # The penalty equals the reference computed from the stored u (sigma of the update's other
+    # evaluations), with the same random draws: to float32 rounding (measured 3e-8 relative).
+    for v, x in zip(D.weights, before):
+        v.assign(x)
+    draws = lambda: tf.random.Generator.from_state(rng_state, model.rng.algorithm)  # noqa: E731
+    ref = ref_penalty(D, anime, generated, gan_type, draws())
+    rtol = 2e-6
+    np.testing.assert_allclose(float(out["gp"]), ref, rtol=rtol)
+    assert float(out["gp"]) > 0
+    # ... and not the one from u' (what an evaluation after the storing call used before the fix):
+    # instance norm makes D nearly blind to the sigma of most layers, but not to 2e-6 (measured 4e-5).
+    for c, w, u in zip(convs, w0, u0):
+        c.u.assign(np_power_iteration(w, u).astype(np.float32))
+    from_u_prime = ref_penalty(D, anime, generated, gan_type, draws())
+    assert abs(from_u_prime - ref) > 10 * rtol * abs(ref), (from_u_prime, ref)

@@ -61,3 +61,29 @@ def run_train(args, timeout=600, **kwargs):
 
 def read_metrics(path):
     return [json.loads(line) for line in open(path)]
+
+
+class cpu_hog:
+    """`with cpu_hog(n):` n busy-loop processes beside the test, each ending by itself after `seconds`
+    and killed when the block ends (also on failure)."""
+
+    def __init__(self, n=1, seconds=300):
+        self.n, self.seconds, self.procs = n, seconds, []
+
+    def __enter__(self):
+        code = f"import time\nend = time.time() + {float(self.seconds)}\nwhile time.time() < end:\n    pass\n"
+        try:
+            for _ in range(self.n):
+                self.procs.append(subprocess.Popen([sys.executable, "-c", code]))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self.procs = []
+        return False
