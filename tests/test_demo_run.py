@@ -63,7 +63,8 @@ def test_make_train_demo_run(demo_run):
     for what in ("checkpoint (resume):", "samples:", "loss plot:", "TensorBoard:"):
         assert what in r.stdout
     if "RANDOM weights" in out:
-        assert out.count("WARNING: the perceptual VGG19 has RANDOM weights") == 2
+        # at the start and again at the end, in the commands' plain `warning: ` format
+        assert out.count("warning: the perceptual VGG19 has RANDOM weights") == 2
 
     assert glob.glob(str(ckpt / "ckpt-*.index"))
     from anime_gan.weights import load_generator
