@@ -53,7 +53,6 @@ VIDEO_OUTPUT_SUFFIX = ".mp4"  # container of every video we write into a folder 
 # effect 0.114 R + 0.587 G + 0.299 B. "luma" is true ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B.
 BRIGHTNESS_WEIGHTS = {"official": (0.114, 0.587, 0.299), "luma": (0.299, 0.587, 0.114)}
 BRIGHTNESS_MODES = ("official", "luma", "none")
-LUMA_WEIGHTS = BRIGHTNESS_WEIGHTS["luma"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,11 +282,6 @@ def folder_jobs(input_dir, output_dir):
                 unique = len(group) == 1 or base.name == src.name
                 videos.append((src, base if unique else dst.with_name(dst.name + VIDEO_OUTPUT_SUFFIX)))
     return images, sorted(videos)
-
-
-def image_jobs(input_dir, output_dir):
-    """[(source, destination)] for every image under input_dir, mirrored under output_dir."""
-    return folder_jobs(input_dir, output_dir)[0]
 
 
 def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None):
