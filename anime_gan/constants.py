@@ -7,6 +7,14 @@ SEPCONV_IN_EPSILON = 1e-6
 
 LEAKY_ALPHA = 0.2
 
+# AnimeGANv2 (ORIGINAL_V2.md): contrib layer norm's epsilon, and the generator's size.
+LN_EPSILON = 1e-12
+GENERATOR_V2_PARAMS = 2_143_552
+GENERATOR_V2_VARIABLES = 77
+N_INVERTED_RESIDUAL_V2 = 4
+# The generator architectures: "v1" (AnimeGAN) and "v2" (AnimeGANv2).
+ARCHITECTURES = ("v1", "v2")
+
 # Generator facts.
 GENERATOR_PARAMS = 3_956_096
 GENERATOR_VARIABLES = 129

@@ -273,3 +273,134 @@ class InvertedResBlock(_Block):
         n = self.norm_project
         h = instance_norm(h, n.gamma, n.beta, n.epsilon, out_dtype=tf.float32)
         return tf.ensure_shape(h, h.shape) + tf.cast(x, tf.float32)
+
+
+# ---- AnimeGANv2 blocks (ORIGINAL_V2.md) -----------------------------------------------------------
+def layer_norm(x, gamma, beta, epsilon, out_dtype=None):
+    """TF1 `contrib.layers.layer_norm` as AnimeGANv2 calls it: per sample over H, W and C.
+
+    `tf.nn.moments` over axes 1, 2, 3 then `tf.nn.batch_normalization` with gamma/beta of shape [C],
+    the same ops the contrib function builds (and PyTorch's GroupNorm(1, C)); Keras'
+    LayerNormalization with its default axis normalises over C alone, which is another network.
+    Statistics are taken in float32 under a mixed policy.
+    """
+    dtype = out_dtype or x.dtype
+    if x.dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
+    mean, var = tf.nn.moments(x, axes=[1, 2, 3], keepdims=True)
+    y = tf.nn.batch_normalization(x, mean, var, beta, gamma, epsilon)
+    return tf.cast(y, dtype) if dtype != tf.float32 else y
+
+
+def _variance_scaling(fan_in):
+    # contrib's variance_scaling_initializer() default: truncated normal, stddev sqrt(1.3 * 2 / fan_in).
+    return keras.initializers.TruncatedNormal(stddev=(2.6 / fan_in) ** 0.5)
+
+
+def v2_padding(kernel_size, strides):
+    """(top, bottom, left, right) reflect padding of AnimeGANv2's `Conv2D` helper."""
+    if strides == 2:
+        return 0, 1, 0, 1
+    p = {1: 0, 3: 1, 7: 3}[kernel_size]
+    return p, p, p, p
+
+
+class LayerNorm(_Block):
+    """Learned gamma/beta [C] layer norm over H, W and C (gamma 1, beta 0 at init), eps 1e-12."""
+
+    def __init__(self, tf1_prefix, epsilon=C.LN_EPSILON, **kwargs):
+        super().__init__(**kwargs)
+        self.tf1_prefix = tf1_prefix
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.gamma = self._weight("gamma", (c,), "ones")
+        self.beta = self._weight("beta", (c,), "zeros")
+
+    def call(self, x):
+        return layer_norm(x, self.gamma, self.beta, self.epsilon)
+
+
+class ConvLayerNormLReLU(_Block):
+    """v2's `Conv2DNormLReLU(c, k, s)`: reflect pad (see `v2_padding`), VALID conv without bias,
+    layer norm, LeakyReLU 0.2. tf1_conv / tf1_norm: "Conv_1", "LayerNorm_1", ..."""
+
+    def __init__(self, filters, tf1_conv, tf1_norm, kernel_size=3, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.tf1_prefix = ""
+        self.tf1_conv = tf1_conv
+        self.norm = LayerNorm(tf1_norm + "/")
+
+    def build(self, input_shape):
+        k, cin = self.kernel_size, input_shape[-1]
+        self.kernel = self._weight(f"{self.tf1_conv}/weights", (k, k, cin, self.filters),
+                                   _variance_scaling(k * k * cin))
+        self.norm.build(input_shape[:-1] + (self.filters,))
+
+    def _blocks(self):
+        return [self.norm]
+
+    def call(self, x):
+        x = reflect_pad(x, *v2_padding(self.kernel_size, self.strides))
+        x = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=self.strides, padding="VALID")
+        return tf.nn.leaky_relu(self.norm(x), alpha=C.LEAKY_ALPHA)
+
+
+class InvertedResBlockV2(_Block):
+    """v2's inverted residual block (scope `r<i>`): CNL(2·cin, k1); reflect pad 1, depthwise 3x3 with
+    bias, layer norm `1`, LeakyReLU; 1x1 conv to 256, layer norm `2`; the input is added only when it
+    already has 256 channels (r2-r4, not r1)."""
+
+    def __init__(self, name_in_graph, hidden, filters=256, **kwargs):
+        super().__init__(**kwargs)
+        self.r = name_in_graph
+        self.tf1_prefix = f"{name_in_graph}/"
+        self.hidden = hidden  # round(2 * cin): 256 for r1, 512 for r2-r4
+        self.filters = filters
+        self.expand = ConvLayerNormLReLU(hidden, "Conv", "LayerNorm", kernel_size=1)
+        self.norm_dw = LayerNorm("1/")
+        self.norm_project = LayerNorm("2/")
+
+    def build(self, input_shape):
+        cin, hidden = input_shape[-1], self.hidden
+        self.residual = cin == self.filters
+        self.expand.build(input_shape)
+        # The official dwise_conv initialises w with a truncated normal (stddev 0.02), its bias with 0.
+        self.depthwise = self._weight(f"{self.r}/w", (3, 3, hidden, 1), keras.initializers.TruncatedNormal(stddev=0.02))
+        self.depthwise_bias = self._weight(f"{self.r}/bias", (hidden,), "zeros")
+        self.norm_dw.build(input_shape[:-1] + (hidden,))
+        self.project = self._weight("Conv_1/weights", (1, 1, hidden, self.filters), _variance_scaling(hidden))
+        self.norm_project.build(input_shape[:-1] + (self.filters,))
+
+    def _blocks(self):
+        return [self.expand, self.norm_dw, self.norm_project]
+
+    def call(self, x):
+        h = self.expand(x)
+        h = reflect_pad(h, 1, 1, 1, 1)
+        h = tf.nn.depthwise_conv2d(h, tf.cast(self.depthwise, h.dtype), strides=[1, 1, 1, 1], padding="VALID")
+        h = tf.nn.bias_add(h, tf.cast(self.depthwise_bias, h.dtype))
+        h = tf.nn.leaky_relu(self.norm_dw(h), alpha=C.LEAKY_ALPHA)
+        h = tf.nn.conv2d(h, tf.cast(self.project, h.dtype), strides=1, padding="VALID")
+        h = self.norm_project(h)
+        return h + x if self.residual else h
+
+
+class UpsampleV2(_Block):
+    """v2's `Unsample(c)`: TF1 legacy bilinear x2, then `Conv2DNormLReLU(c)`."""
+
+    def __init__(self, filters, tf1_conv, tf1_norm, **kwargs):
+        super().__init__(**kwargs)
+        self.tf1_prefix = ""
+        self.conv = ConvLayerNormLReLU(filters, tf1_conv, tf1_norm)
+
+    def _blocks(self):
+        return [self.conv]
+
+    def call(self, x):
+        shape = tf.shape(x)
+        return self.conv(legacy_resize_bilinear(x, shape[1] * 2, shape[2] * 2))

@@ -1,0 +1,76 @@
+"""The AnimeGANv2 generator, as the official v2 graph builds it (2,143,552 parameters, 77 variables).
+
+Differences from v1 (anime_gan.generator): layer norm over H, W and C (eps 1e-12) instead of instance
+norm, plain and strided 3x3 convolutions instead of separable and down convs, four inverted residual
+blocks instead of eight, and biases in the four depthwise convolutions. Facts: ORIGINAL_V2.md.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from anime_gan import constants as C
+from anime_gan.generator import _Scope
+from anime_gan.layers import ConvLayerNormLReLU, InvertedResBlockV2, UpsampleV2, _variance_scaling
+
+ARCH = "v2"
+
+
+def _cnl(filters, index, kernel_size=3, strides=1):
+    suffix = f"_{index}" if index else ""
+    return ConvLayerNormLReLU(filters, f"Conv{suffix}", f"LayerNorm{suffix}", kernel_size, strides)
+
+
+class GeneratorV2(keras.Model):
+    """Photo -> anime generator of AnimeGANv2. Input and output are images in [-1, 1], NHWC.
+
+    Scopes (official names): A = CNL32 k7, CNL64 s2, CNL64; B = CNL128 s2, CNL128; C = CNL128,
+    IRB r1 (128->256, no residual), r2-r4 (256->256, residual), CNL128; D = up + CNL128, CNL128;
+    E = up + CNL64, CNL64, CNL32 k7; out_layer = 1x1 conv to 3 channels, tanh. The output is
+    4*floor(H/4) x 4*floor(W/4). Under a mixed policy the norms and the output conv run in float32.
+    """
+
+    arch = ARCH
+
+    def __init__(self, name="generator", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.A = _Scope("A", [_cnl(32, 0, kernel_size=7), _cnl(64, 1, strides=2), _cnl(64, 2)])
+        self.B = _Scope("B", [_cnl(128, 0, strides=2), _cnl(128, 1)])
+        self.C = _Scope("C", [
+            _cnl(128, 0),
+            InvertedResBlockV2("r1", hidden=256),
+            *[InvertedResBlockV2(f"r{i}", hidden=512) for i in range(2, C.N_INVERTED_RESIDUAL_V2 + 1)],
+            _cnl(128, 1),
+        ])
+        self.D = _Scope("D", [UpsampleV2(128, "Conv", "LayerNorm"), _cnl(128, 1)])
+        self.E = _Scope("E", [UpsampleV2(64, "Conv", "LayerNorm"), _cnl(64, 1), _cnl(32, 2, kernel_size=7)])
+        self.scopes = [self.A, self.B, self.C, self.D, self.E]
+
+    def build(self, input_shape=(None, None, None, 3)):
+        input_shape = tuple(input_shape)
+        self.out_kernel = self.add_weight(
+            name="out_layer_Conv_weights", shape=(1, 1, 32, 3), initializer=_variance_scaling(32), autocast=False
+        )
+        super().build(input_shape)
+        self(tf.zeros((1, 8, 8, input_shape[-1] or 3)))
+
+    def call(self, x):
+        x = tf.cast(x, self.A.compute_dtype)
+        for scope in self.scopes:
+            x = scope(x)
+        x = tf.nn.conv2d(tf.cast(x, tf.float32), self.out_kernel, strides=1, padding="VALID")
+        return tf.tanh(x)
+
+    def tf1_variable_map(self):
+        """{official variable name: our variable}, all 77 of them."""
+        if not self.built:
+            self.build()
+        mapping = {C.TF1_SCOPE + "out_layer/Conv/weights": self.out_kernel}
+        for scope in self.scopes:
+            for name, var in scope.tf1_names():
+                full = C.TF1_SCOPE + scope.tf1_prefix + name
+                if full in mapping:
+                    raise AssertionError(f"duplicate TF1 name {full}")
+                mapping[full] = var
+        return mapping
