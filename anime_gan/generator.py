@@ -51,6 +51,8 @@ class Generator(keras.Model):
     (b1) also computes in float32, for accuracy.
     """
 
+    arch = "v1"
+
     def __init__(self, name="generator", **kwargs):
         super().__init__(name=name, **kwargs)
         self.b1 = _Scope("b1", [
@@ -119,21 +121,33 @@ class Generator(keras.Model):
         return mapping
 
 
-def build_generator(policy=None):
-    """A built Generator whose layers compute under the Keras dtype policy `policy`.
+def generator_class(arch="v1"):
+    """The Keras model class of an architecture: "v1" (AnimeGAN) or "v2" (AnimeGANv2)."""
+    if arch == "v1":
+        return Generator
+    if arch == "v2":
+        from anime_gan.generator_v2 import GeneratorV2
+
+        return GeneratorV2
+    raise ValueError(f"unknown generator architecture {arch!r}; choose one of {', '.join(C.ARCHITECTURES)}.")
+
+
+def build_generator(policy=None, arch="v1"):
+    """A built generator of architecture `arch` whose layers compute under the Keras dtype policy `policy`.
 
     `policy` is e.g. "float32", "mixed_bfloat16" (the fast CPU path) or "mixed_float16"; None means
     the global policy. Sub-layers take the global policy when they are created, so it is set for the
     construction only and restored afterwards.
     """
+    cls = generator_class(arch)
     if policy is None:
-        generator = Generator()
+        generator = cls()
         generator.build()
         return generator
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_dtype_policy(policy)
     try:
-        generator = Generator()
+        generator = cls()
         generator.build()
     finally:
         keras.mixed_precision.set_dtype_policy(previous)

@@ -31,6 +31,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from anime_gan import constants as C
 from anime_gan.errors import ModelError, PathNotFoundError
 from anime_gan.generator import build_generator
 
@@ -46,6 +47,12 @@ ACCEPTED_FORMS = (
     "a .weights.h5 file or an official TF1 checkpoint prefix"
 )
 
+# The architecture travels with the weights: our .weights.h5 files carry it as an HDF5 attribute; any
+# other form (TF1 names, older files, training checkpoints, SavedModels) is told by its variables.
+ARCH_ATTRIBUTE = "anime_gan_arch"
+ARCH_BY_VARIABLE_COUNT = {C.GENERATOR_VARIABLES: "v1", C.GENERATOR_V2_VARIABLES: "v2"}
+ARCH_LABEL = {"v1": "AnimeGAN (v1)", "v2": "AnimeGANv2"}
+
 # What reading a checkpoint or weights file raises when the file is missing, truncated or of another
 # kind: TensorFlow's own errors, h5py's OSError, Keras' ValueError. Anything else is a bug.
 _UNREADABLE = (tf.errors.OpError, OSError, ValueError)
@@ -58,9 +65,78 @@ def save_generator(generator, directory):
     path = directory / WEIGHTS_FILENAME
     # Keras insists on the `.weights.h5` suffix, so the temporary file keeps it.
     tmp = directory / f".tmp-{os.getpid()}.{WEIGHTS_FILENAME}"
-    generator.save_weights(str(tmp))
-    os.replace(tmp, path)
+    try:
+        generator.save_weights(str(tmp))
+        import h5py
+
+        with h5py.File(tmp, "a") as f:
+            f.attrs[ARCH_ATTRIBUTE] = getattr(generator, "arch", "v1")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _arch_from_count(count, what):
+    arch = ARCH_BY_VARIABLE_COUNT.get(count)
+    if arch is None:
+        raise ModelError(
+            f"{what} holds {count} generator variables, which is neither AnimeGAN's "
+            f"{C.GENERATOR_VARIABLES} nor AnimeGANv2's {C.GENERATOR_V2_VARIABLES}."
+        )
+    return arch
+
+
+def tf1_arch(names):
+    """"v1" or "v2" from the official variable names of a TF1 checkpoint (v1 scopes b1..u1, v2 A..E):
+    whichever has more variables, so that a stray name gets its own "unexpected" message."""
+    scopes = [n[len(C.TF1_SCOPE):].split("/", 1)[0] for n in names if n.startswith(C.TF1_SCOPE)]
+    v2 = sum(s in ("A", "B", "C", "D", "E", "out_layer") for s in scopes)
+    v1 = sum(s in ("b1", "b2", "m", "u1", "u2", "Conv") for s in scopes)
+    if not v1 and not v2:
+        raise ModelError("this checkpoint holds no generator/G_MODEL variables of AnimeGAN or AnimeGANv2.")
+    return "v2" if v2 > v1 else "v1"
+
+
+def weights_file_arch(path):
+    """The architecture of one of our .weights.h5 files (its attribute, else its variable count)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if ARCH_ATTRIBUTE in f.attrs:
+                return str(f.attrs[ARCH_ATTRIBUTE])
+            count = []
+            f.visititems(lambda _, item: count.append(1) if isinstance(item, h5py.Dataset) else None)
+    except OSError as e:  # not HDF5, truncated
+        raise ModelError(f"cannot load generator weights from {path}: {_first_line(e)}.") from None
+    return _arch_from_count(len(count), str(path))
+
+
+def _counted_arch(prefix, list_name, what):
+    """The architecture of a TF2 checkpoint or SavedModel from the length of its list `list_name` of
+    generator variables (an entry saved elsewhere too is stored once, so the highest index counts)."""
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+    except _UNREADABLE as e:
+        raise ModelError(f"cannot read {what}: {_first_line(e)}.") from None
+    indices = [int(m.group(1)) for k in reader.get_variable_to_shape_map()
+               if (m := re.match(re.escape(list_name) + r"/(\d+)/", k))]
+    if not indices:
+        return "v1"  # not one of ours: the restore that follows says so in its own words
+    return _arch_from_count(max(indices) + 1, what)
+
+
+def source_arch(source):
+    """"v1" or "v2": the architecture of what `resolve_model` found, read from the files."""
+    if source.kind == "tf1_checkpoint":
+        return tf1_arch(tf.train.load_checkpoint(str(source.path)).get_variable_to_shape_map())
+    if source.kind == "tf2_checkpoint":
+        return _counted_arch(source.path, "generator_weights", f"the training checkpoint {source.path}")
+    if source.kind == "saved_model":
+        return _counted_arch(source.path / "variables" / "variables", "generator_variables",
+                             f"the SavedModel at {source.path}")
+    return weights_file_arch(source.path)
 
 
 def _is_tf1_prefix(path):
@@ -97,8 +173,10 @@ def read_tf1_checkpoint(prefix):
 
 
 def tf1_to_generator(values, generator=None):
-    """Sets a Generator's variables from {official name: array}; refuses any mismatch by name."""
-    generator = generator or build_generator()
+    """Sets a generator's variables from {official name: array}; refuses any mismatch by name.
+
+    Without `generator`, one of the architecture the names say (v1 or v2) is built."""
+    generator = generator or build_generator(arch=tf1_arch(values))
     if not generator.built:
         generator.build()
     mapping = generator.tf1_variable_map()
@@ -117,9 +195,8 @@ def tf1_to_generator(values, generator=None):
             parts.append(f"unexpected {len(extra)}: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
         if bad_shape:
             parts.append(f"wrong shape {len(bad_shape)}: {', '.join(bad_shape[:8])}")
-        raise ModelError(
-            "this is not an official AnimeGAN (v1) generator checkpoint: " + "; ".join(parts) + "."
-        )
+        label = ARCH_LABEL.get(getattr(generator, "arch", "v1"))
+        raise ModelError(f"this is not an official {label} generator checkpoint: " + "; ".join(parts) + ".")
     for name, var in mapping.items():
         var.assign(np.asarray(values[name], dtype=np.float32))
     return generator
@@ -286,7 +363,7 @@ def load_generator(path, policy=None):
     run were used is logged (INFO, "note: ...").
     """
     source = resolve_model(path)
-    generator = build_generator(policy)
+    generator = build_generator(policy, arch=source_arch(source))
     if source.kind == "tf1_checkpoint":
         tf1_to_generator(read_tf1_checkpoint(source.path), generator)
     elif source.kind == "tf2_checkpoint":

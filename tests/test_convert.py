@@ -76,14 +76,14 @@ def test_mismatched_checkpoints_are_refused_by_name(official_values):
         tf1_to_generator(shaped)
 
 
-def test_an_animeganv2_style_checkpoint_is_refused(tmp_path):
-    # AnimeGANv2's generator uses other scopes (A, B, C, D, E, out_layer) and other shapes.
+def test_an_incomplete_animeganv2_checkpoint_is_refused(tmp_path):
+    # AnimeGANv2's scopes (A, B, C, D, E, out_layer) make it a v2 checkpoint; 2 of its 77 variables are not one.
     values = {
         "generator/G_MODEL/A/Conv/weights": np.zeros((7, 7, 3, 32), np.float32),
         "generator/G_MODEL/out_layer/Conv/weights": np.zeros((1, 1, 32, 3), np.float32),
     }
     prefix = _write_tf1_checkpoint(values, tmp_path / "v2")
-    with pytest.raises(ModelError, match="not an official AnimeGAN"):
+    with pytest.raises(ModelError, match="not an official AnimeGANv2 generator checkpoint: missing 75: "):
         load_generator(prefix)
 
 

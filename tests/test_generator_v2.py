@@ -237,3 +237,110 @@ def test_layer_norm_with_the_graphs_own_statistics(traced):
                                          real(scope + "/beta"), real(scope + "/gamma"), C.LN_EPSILON).numpy()
         errors.append(_lsb_error(traced, by_name[scope + "/batchnorm/add_1"]["index"], ours).mean())
     assert max(errors) <= 0.5, errors
+
+
+# ---- an official-layout v2 TF1 checkpoint, and a TF1-style reference graph written from ORIGINAL_V2.md
+def _tf1_reference_graph(seed):
+    """The v2 generator as TF1 code builds it, from the facts (not from our layers): seeded variables
+    of the official names and shapes, REFLECT pads, VALID convs, contrib layer norm, legacy resize."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    rng = np.random.default_rng(seed)
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, None, None, 3], name="generator_input")
+
+        def var(name, shape, kind="weights"):
+            if kind == "gamma":
+                value = 1 + 0.1 * rng.standard_normal(shape)
+            elif kind in ("beta", "bias"):
+                value = 0.1 * rng.standard_normal(shape)
+            else:
+                value = rng.standard_normal(shape) * np.sqrt(2.6 / np.prod(shape[:-1]))
+            return v1.get_variable(name, initializer=tf.constant(value.astype(np.float32)))
+
+        def ln(h, scope):
+            with v1.variable_scope(scope):
+                c = h.shape[-1]
+                gamma, beta = var("gamma", [c], "gamma"), var("beta", [c], "beta")
+            mean, variance = tf.nn.moments(h, [1, 2, 3], keepdims=True)
+            return tf.nn.batch_normalization(h, mean, variance, beta, gamma, 1e-12)
+
+        counters = {}
+
+        def cnl(h, filters, k=3, s=1):
+            n = counters.get(v1.get_variable_scope().name, 0)
+            counters[v1.get_variable_scope().name] = n + 1
+            suffix = f"_{n}" if n else ""
+            if s == 2:
+                h = tf.pad(h, [[0, 0], [0, 1], [0, 1], [0, 0]], mode="REFLECT")
+            elif k > 1:
+                p = (k - 1) // 2
+                h = tf.pad(h, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+            with v1.variable_scope("Conv" + suffix):
+                w = var("weights", [k, k, h.shape[-1], filters])
+            h = tf.nn.conv2d(h, w, [1, s, s, 1], "VALID")
+            return tf.nn.leaky_relu(ln(h, "LayerNorm" + suffix), 0.2)
+
+        def irb(h, name):
+            cin = h.shape[-1]
+            with v1.variable_scope(name):
+                r = cnl(h, 2 * cin, k=1)
+                r = tf.pad(r, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+                with v1.variable_scope(name):
+                    w, b = var("w", [3, 3, 2 * cin, 1]), var("bias", [2 * cin], "bias")
+                r = tf.nn.bias_add(tf.nn.depthwise_conv2d(r, w, [1, 1, 1, 1], "VALID"), b)
+                r = tf.nn.leaky_relu(ln(r, "1"), 0.2)
+                with v1.variable_scope("Conv_1"):
+                    w = var("weights", [1, 1, 2 * cin, 256])
+                r = ln(tf.nn.conv2d(r, w, [1, 1, 1, 1], "VALID"), "2")
+            return h + r if cin == 256 else r
+
+        def up(h, filters):
+            shape = tf.shape(h)
+            h = v1.image.resize_bilinear(h, [2 * shape[1], 2 * shape[2]], align_corners=False, half_pixel_centers=False)
+            return cnl(h, filters)
+
+        with v1.variable_scope("generator"), v1.variable_scope("G_MODEL"):
+            with v1.variable_scope("A"):
+                h = cnl(cnl(cnl(x, 32, k=7), 64, s=2), 64)
+            with v1.variable_scope("B"):
+                h = cnl(cnl(h, 128, s=2), 128)
+            with v1.variable_scope("C"):
+                h = cnl(h, 128)
+                for i in range(1, 5):
+                    h = irb(h, f"r{i}")
+                h = cnl(h, 128)
+            with v1.variable_scope("D"):
+                h = cnl(up(h, 128), 128)
+            with v1.variable_scope("E"):
+                h = cnl(cnl(up(h, 64), 64), 32, k=7)
+            with v1.variable_scope("out_layer"):
+                with v1.variable_scope("Conv"):
+                    w = var("weights", [1, 1, 32, 3])
+                y = tf.tanh(tf.nn.conv2d(h, w, [1, 1, 1, 1], "VALID"))
+        init = v1.global_variables_initializer()
+        saver = v1.train.Saver()
+    session = v1.Session(graph=graph)
+    session.run(init)
+    return session, saver, x, y
+
+
+def test_official_layout_v2_checkpoint_converts_and_matches_a_tf1_reference_graph(tmp_path):
+    from anime_gan.weights import convert_checkpoint, load_generator, read_tf1_checkpoint
+
+    session, saver, x, y = _tf1_reference_graph(seed=5)
+    images = [np.random.default_rng(h).uniform(-1, 1, (1, h, w, 3)).astype(np.float32) for h, w in [(256, 256), (75, 131)]]
+    with session:
+        prefix = saver.save(session, str(tmp_path / "generator_Hayao_weight" / "Hayao-64.ckpt"), write_meta_graph=False)
+        expected = [session.run(y, {x: image}) for image in images]
+    assert len(read_tf1_checkpoint(prefix)) == 77
+    convert_checkpoint(prefix, tmp_path / "converted")
+    g = load_generator(tmp_path / "converted")
+    assert g.arch == "v2" and isinstance(g, GeneratorV2)
+    for image, want in zip(images, expected):
+        ours = g(image).numpy()
+        h, w = image.shape[1:3]
+        assert ours.shape == want.shape == (1, 4 * (h // 4), 4 * (w // 4), 3)
+        assert np.abs(ours - want).max() <= 1e-5
+    # The TF1 prefix itself loads as v2 too, with no flag to say so.
+    np.testing.assert_array_equal(load_generator(prefix)(images[1]).numpy(), g(images[1]).numpy())
