@@ -17,7 +17,9 @@ an anime image and its grayscale copy get the same crop.
 
 Robustness and exact resume: every file is checked when the pipeline is built (header sniff plus a
 trial decode with the same TensorFlow ops the pipeline uses); unusable files are logged and left out,
-so an epoch never stops on a bad image. The dataset graph holds only tf.io / tf.image ops and stateless
+so an epoch never stops on a bad image. An image above `report.MAX_IMAGE_PIXELS` is refused from its
+header before anything decodes it (once, at build time, one warning naming it and its size), and so are
+dangling symbolic links and link loops. The dataset graph holds only tf.io / tf.image ops and stateless
 randomness seeded from (seed, element counter), so `tf.train.Checkpoint(iterator=iter(ds))` saves and
 restores the exact position, shuffle order and crops.
 """
@@ -222,6 +224,7 @@ def make_train_dataset(dataset_dir: str, style: str, batch_size: int, img_size: 
     """
     if batch_size < 1 or img_size < 8:
         raise DataError(f"batch_size must be >= 1 and img_size >= 8 (got {batch_size}, {img_size}).")
+    report.not_a_folder(dataset_dir, "--dataset_dir")
     photo_dir = os.path.join(dataset_dir, "train_photo")
     anime_dir = os.path.join(dataset_dir, style, "style")
     smooth_dir = os.path.join(dataset_dir, style, "smooth")

@@ -124,6 +124,9 @@ def validate_config(cfg: TrainConfig, require_data: bool = True) -> None:
              f"--vgg_weights file {cfg.vgg_weights} does not exist; pass auto, imagenet, random or an "
              f"existing vgg19.npy / .h5 file.")
     if require_data:
+        from data_prep import report
+
+        report.not_a_folder(cfg.dataset_dir, "--dataset_dir")  # a file or a broken link: one sentence
         style_dir = os.path.join(cfg.dataset_dir, cfg.dataset, "style")
         need(os.path.isdir(style_dir),
              f"Dataset folder {style_dir} does not exist; run `make data` (ARGS=\"--source=official\" for "

@@ -63,6 +63,7 @@ def prepare(source: str = "demo", dataset_dir: str = "dataset", styles: list[str
         raise DataError(f"--smooth must be one of {', '.join(smoothing.SMOOTH_MODES)}, not {smooth!r}.")
     if img_size < 8:
         raise DataError(f"--img_size must be at least 8, not {img_size}.")
+    report.not_a_folder(dataset_dir, "--out")
     result = PrepareResult(dataset_dir)
     expected = None
     if source == "demo":
@@ -70,9 +71,10 @@ def prepare(source: str = "demo", dataset_dir: str = "dataset", styles: list[str
         styles = styles or [demo.STYLE]
     elif source != "existing":
         url = download.DATASET_URL if source == "official" else source
-        _remove_demo(dataset_dir)
+        # The demo set goes only once the archive has passed every check: a refused archive leaves
+        # the folder as it was.
         download.fetch(url, dataset_dir, retries=retries, sha256=sha256, keep_archive=keep_archive,
-                       progress=progress, backoff=backoff)
+                       progress=progress, backoff=backoff, before_write=lambda: _remove_demo(dataset_dir))
         expected = download.OFFICIAL_COUNTS if source == "official" or url == download.DATASET_URL else None
     report.require_folder(dataset_dir)
     styles = styles or report.find_styles(dataset_dir)

@@ -33,7 +33,8 @@ flags.DEFINE_bool("strict", False, "Treat any unusable image or layout problem a
 flags.DEFINE_integer("workers", None, "Parallel smoothing threads (default: number of CPUs).", lower_bound=1)
 flags.DEFINE_integer("retries", 5, "Download: how many times to resume a broken transfer.", lower_bound=0)
 flags.DEFINE_string("sha256", None, "Download: expected SHA-256 of dataset.zip (checked when given; the "
-                    "size announced by the server is always checked).")
+                    "size announced by the server and the zip's integrity, central directory and CRCs, are "
+                    "always checked, and a file that fails is downloaded again).")
 flags.DEFINE_bool("keep_archive", False, "Download: keep the downloaded dataset.zip after unpacking.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 

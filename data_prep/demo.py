@@ -134,6 +134,7 @@ def build(dataset_dir: str = "dataset", seed: int = 0, num_photos: int = DEFAULT
     test/{HR_photo,real,test_photo,test_photo256}/. The manifest is written last, so an interrupted
     build is rebuilt next time.
     """
+    report.not_a_folder(dataset_dir)
     old = read_manifest(dataset_dir)
     _check_not_foreign(dataset_dir, old)
     photos = source_photos()
@@ -190,6 +191,7 @@ def build(dataset_dir: str = "dataset", seed: int = 0, num_photos: int = DEFAULT
 def ensure(dataset_dir: str = "dataset", seed: int = 0, num_photos: int = DEFAULT_NUM_PHOTOS,
            num_style: int = DEFAULT_NUM_STYLE, img_size: int = 256, progress: bool = True) -> bool:
     """Build the demo set unless an identical one is already there; True when it was (re)built."""
+    report.not_a_folder(dataset_dir)  # a file or a broken link: one sentence, not a traceback
     if is_built(dataset_dir, seed, num_photos, num_style, img_size):
         return False
     build(dataset_dir, seed, num_photos, num_style, img_size, progress=progress)

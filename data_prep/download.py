@@ -1,9 +1,12 @@
 """Fetching the official dataset.zip: download with resume and retry, safe unpacking, layout check.
 
 Nothing is trusted: a transfer that breaks resumes from the bytes already on disk (HTTP Range), the
-finished file must have the size the server announced (and the SHA-256 if one is given), and no member
-of the archive may land outside the output folder (absolute paths, `..`, symlinks are refused before
-anything is written).
+finished file must have the size the server announced (and the SHA-256 if one is given) and be a
+complete zip (central directory present, every member's CRC right: `verify_archive`), or it is
+downloaded again; an archive already on disk from an earlier run is verified the same way before it is
+used. Before anything is written, every member is checked: none may land outside the output folder
+(absolute paths, `..`, symlinks), and the archive may not expand beyond MAX_UNPACKED_BYTES, the free
+disk space, or MAX_RATIO per member (a zip bomb). Members with the same name are all kept, loudly.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 
 from data_prep import report
 
@@ -30,6 +34,14 @@ CHUNK = 1 << 20
 # The official release (ORIGINAL.md, "Data"): 6,656 training photos.
 OFFICIAL_COUNTS = {"train_photo": 6656}
 OFFICIAL_STYLES = ("Hayao", "Paprika", "Shinkai")
+# What an archive may expand to, read from its central directory before anything is unpacked. The
+# official set is about 20,000 images of ~256² (well under 2 GB); 16 GiB leaves room for a user's
+# larger set while stopping a bomb. Images are already compressed (JPEG, PNG: ratio ~1), and even a
+# flat uncompressed BMP stays far below 200:1, while deflate reaches ~1000:1 on zeros (the 1.5 MB zip
+# with a 1 GiB member of issue 12). Members under RATIO_MIN_BYTES are too small to matter.
+MAX_UNPACKED_BYTES = 16 << 30
+MAX_RATIO = 200
+RATIO_MIN_BYTES = 1 << 20
 TEST_FOLDERS = ("HR_photo", "real", "test_photo", "test_photo256")
 
 _TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
@@ -62,8 +74,13 @@ def _total_from(resp, offset: int) -> int | None:
 
 
 def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha256: str | None = None,
-             backoff: float = 2.0, progress: bool = True) -> str:
+             backoff: float = 2.0, progress: bool = True, verify=None) -> str:
     """Download `url` to `dest` (via `dest + '.part'`), resuming and retrying broken transfers.
+
+    verify(path) -> reason or None: checks a finished transfer (e.g. `verify_archive`); a file it
+    rejects is removed and downloaded again from the start, within the same `retries` (this is what
+    catches a transfer cut short when the server announced no Content-Length). A DataError it raises
+    ends the download (the file is removed).
 
     Returns `dest`. Raises DataError (one sentence) when every attempt failed, or when the size or the
     SHA-256 does not match (the bad file is then removed so the next run starts clean).
@@ -105,14 +122,26 @@ def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha25
                     got = os.path.getsize(part)
                     if total is not None and got < total:
                         raise _Broken(f"connection closed after {got} of {total} bytes")
+                if total is not None and os.path.getsize(part) != total:
+                    break  # larger than announced: refused below
+                problem = _verified(verify, part)
+                if problem is None:
                     break
+                os.remove(part)  # incomplete or damaged: start again from the first byte
+                total = None
+                raise _Broken(f"the downloaded file is {problem}")
             except urllib.error.HTTPError as e:
                 if e.code == 416 and have:  # range beyond the end: what we have may be complete
                     total = _total_from(e, 0) if e.headers.get("Content-Range") else None
                     if total is None or have == total:
-                        break
-                    os.remove(part)  # larger than the file: corrupt, restart
-                    last_error = "stale partial file"
+                        problem = _verified(verify, part)
+                        if problem is None:
+                            break
+                        last_error = f"the downloaded file is {problem}"
+                    else:
+                        last_error = "stale partial file"
+                    os.remove(part)  # larger than the file, or damaged: restart
+                    total = None
                 elif 400 <= e.code < 500 and e.code not in (408, 429):
                     raise report.DataError(f"Download of {url} failed with HTTP {e.code} {e.reason}; "
                                            "check the URL or pass a local path to --source.") from None
@@ -127,8 +156,9 @@ def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha25
                             url, have, last_error, wait, attempt + 1, retries)
                 time.sleep(wait)
         else:
+            again = f"run again to resume from {part}" if os.path.exists(part) else "run again"
             raise report.DataError(f"Download of {url} failed after {retries + 1} attempts ({last_error}); "
-                                   f"run again to resume from {part} or pass a local path to --source.")
+                                   f"{again} or pass a local path to --source.")
     finally:
         if bar is not None:
             bar.close()
@@ -143,6 +173,17 @@ def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha25
                                "the file was removed, check the URL and --sha256.")
     os.replace(part, dest)
     return dest
+
+
+def _verified(verify, part: str) -> str | None:
+    """verify(part), removing `part` when it raises DataError (a refusal, not a broken transfer)."""
+    if verify is None:
+        return None
+    try:
+        return verify(part)
+    except report.DataError:
+        os.remove(part)
+        raise
 
 
 def _unsafe_reason(info: zipfile.ZipInfo, out_root: str) -> str | None:
@@ -168,12 +209,124 @@ def _layout_prefix(names: list[str]) -> str:
     return ""
 
 
-def safe_extract(zip_path: str, out_dir: str, progress: bool = True) -> list[str]:
+def _human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _free_bytes(path: str) -> int:
+    """Free space on the file system that holds `path` (or would, once created)."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return shutil.disk_usage(path).free
+
+
+def check_expansion(zf: zipfile.ZipFile, zip_path: str, out_dir: str, max_total: int | None = None,
+                    max_ratio: float | None = None) -> int:
+    """Refuses (DataError, one sentence) an archive that would expand too far; returns its total size.
+
+    Read from the central directory alone, before anything is unpacked: the members' sizes together
+    may not exceed `max_total` (default MAX_UNPACKED_BYTES) nor the free disk space under `out_dir`,
+    and no member above RATIO_MIN_BYTES may expand more than `max_ratio` (default MAX_RATIO) times.
+    zipfile stops every member at its declared size (a lying header then fails its CRC), so these
+    declared sizes bound what unpacking writes.
+    """
+    max_total = MAX_UNPACKED_BYTES if max_total is None else max_total
+    max_ratio = MAX_RATIO if max_ratio is None else max_ratio
+    fix = "nothing was unpacked; use the official dataset.zip, or unpack the archive yourself if you trust it"
+    total = 0
+    for info in zf.infolist():
+        total += info.file_size
+        if info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+            raise report.DataError(
+                f"{zip_path} holds the member {info.filename!r} that expands from {_human(info.compress_size)} "
+                f"to {_human(info.file_size)} ({info.file_size / max(info.compress_size, 1):.0f}:1, above the "
+                f"{max_ratio:.0f}:1 limit for images, like a zip bomb); {fix}.")
+    if total > max_total:
+        raise report.DataError(f"{zip_path} would expand to {_human(total)}, above the limit of "
+                               f"{_human(max_total)} (download.MAX_UNPACKED_BYTES); {fix}.")
+    free = _free_bytes(os.path.abspath(out_dir))
+    if total > free:
+        raise report.DataError(f"{zip_path} would expand to {_human(total)} but only {_human(free)} are free "
+                               f"under {out_dir}; nothing was unpacked, free some space or pass another --out.")
+    return total
+
+
+def verify_archive(path: str, out_dir: str | None = None) -> str | None:
+    """Why the zip at `path` is incomplete or damaged (None: it is whole), without unpacking it.
+
+    Checks the central directory (missing when a transfer was cut short) and every member's CRC
+    (`ZipFile.testzip`). With `out_dir`, `check_expansion` runs first, so a zip bomb is refused
+    (DataError) before its members are read.
+    """
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        return f"not a complete zip archive ({e}; cut short?)"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    with zf:
+        if out_dir is not None:
+            check_expansion(zf, path, out_dir)
+        try:
+            bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as e:
+            return f"damaged ({e})"
+        if bad is not None:
+            return f"damaged (member {bad!r} fails its CRC check)"
+    return None
+
+
+def _plan_duplicates(zip_path: str, members: list) -> list:
+    """Gives every file member its own target: members with one name are all kept, loudly.
+
+    Identical copies (same CRC and size) are unpacked once; a copy with other contents is unpacked as
+    NAME.dupN.EXT beside the first, so neither overwrites the other.
+    """
+    taken = {os.path.normpath(rel) for info, rel in members}
+    first: dict[str, zipfile.ZipInfo] = {}
+    plan = []
+    for info, rel in members:
+        if info.is_dir():
+            plan.append((info, rel))
+            continue
+        key = os.path.normpath(rel)
+        if key not in first:
+            first[key] = info
+            plan.append((info, rel))
+            continue
+        orig = first[key]
+        if (orig.CRC, orig.file_size) == (info.CRC, info.file_size):
+            log.warning("%s holds %r more than once with the same contents; unpacked it once", zip_path,
+                        info.filename)
+            continue
+        stem, ext = os.path.splitext(rel)
+        k = 2
+        while os.path.normpath(f"{stem}.dup{k}{ext}") in taken:
+            k += 1
+        new = f"{stem}.dup{k}{ext}"
+        taken.add(os.path.normpath(new))
+        log.warning("%s holds %r more than once with different contents; kept both, the later one as %s",
+                    zip_path, info.filename, new)
+        plan.append((info, new))
+    return plan
+
+
+def safe_extract(zip_path: str, out_dir: str, progress: bool = True, max_total: int | None = None,
+                 max_ratio: float | None = None, before_write=None) -> list[str]:
     """Unpack the dataset archive into `out_dir` and return the written paths.
 
-    Every member is checked before anything is written: an unsafe one (absolute, `..`, symlink)
-    refuses the whole archive with DataError. If the layout sits in a top folder of the archive
-    (e.g. `dataset/train_photo/...`), that folder is stripped so `out_dir/train_photo` results.
+    Every member is checked before anything is written: an unsafe one (absolute, `..`, symlink), or
+    an archive that would expand too far (`check_expansion`: a zip bomb), refuses the whole archive
+    with DataError, leaving `out_dir` as it was. Members sharing a name are all kept (see
+    `_plan_duplicates`). If the layout sits in a top folder of the archive (e.g.
+    `dataset/train_photo/...`), that folder is stripped so `out_dir/train_photo` results.
+    `before_write()` runs once every check has passed, before the first write.
     """
     out_root = os.path.realpath(out_dir)
     try:
@@ -187,6 +340,7 @@ def safe_extract(zip_path: str, out_dir: str, progress: bool = True) -> list[str
             if reason:
                 raise report.DataError(f"{zip_path} holds the unsafe member {info.filename!r} ({reason}); "
                                        "nothing was unpacked, use the official dataset.zip.")
+        check_expansion(zf, zip_path, out_dir, max_total, max_ratio)
         names = [i.filename.replace("\\", "/") for i in infos]
         prefix = _layout_prefix(names)
         if not any(n.startswith(prefix + "train_photo/") for n in names):
@@ -194,6 +348,9 @@ def safe_extract(zip_path: str, out_dir: str, progress: bool = True) -> list[str
                                    "dataset.zip layout; check --source.")
         written = []
         members = [(i, n[len(prefix):]) for i, n in zip(infos, names) if n.startswith(prefix) and n[len(prefix):]]
+        members = _plan_duplicates(zip_path, members)
+        if before_write is not None:
+            before_write()
         it = members
         if progress:
             from tqdm import tqdm
@@ -207,7 +364,7 @@ def safe_extract(zip_path: str, out_dir: str, progress: bool = True) -> list[str
             try:
                 with zf.open(info) as src, open(target + ".tmp", "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)  # the CRC is checked as the member is read
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
                 if os.path.exists(target + ".tmp"):
                     os.remove(target + ".tmp")
                 raise report.DataError(f"{zip_path} is damaged at {info.filename!r} ({e}); delete it and "
@@ -243,17 +400,30 @@ def verify_layout(dataset_dir: str, styles: list[str] | None = None,
 
 
 def fetch(source: str, dataset_dir: str, retries: int = 5, sha256: str | None = None,
-          keep_archive: bool = False, progress: bool = True, backoff: float = 2.0) -> list[str]:
+          keep_archive: bool = False, progress: bool = True, backoff: float = 2.0,
+          before_write=None) -> list[str]:
     """Download (if `source` is a URL) and unpack the dataset archive into `dataset_dir`.
 
-    Returns the unpacked paths. A downloaded archive is kept only with `keep_archive` (a local
+    Returns the unpacked paths. The archive is verified first (`verify_archive`): a downloaded one
+    that is incomplete or damaged is downloaded again, and so is one left on disk by an earlier run;
+    a local `source` that fails is refused. `before_write()` runs after every check passed, before
+    the first write into `dataset_dir`. A downloaded archive is kept only with `keep_archive` (a local
     `source` file is never removed).
     """
-    os.makedirs(dataset_dir, exist_ok=True)
+    report.not_a_folder(dataset_dir, "--out")
     if is_url(source):
+        os.makedirs(dataset_dir, exist_ok=True)  # the archive is downloaded into it
         archive = os.path.join(dataset_dir, os.path.basename(source.split("?")[0]) or "dataset.zip")
+        if os.path.exists(archive):
+            problem = verify_archive(archive, dataset_dir)
+            if problem is None and sha256 and sha256_of(archive).lower() != sha256.lower():
+                problem = f"not the file of SHA-256 {sha256}"
+            if problem:
+                log.warning("%s from an earlier run is %s; downloading it again", archive, problem)
+                os.remove(archive)
         if not os.path.exists(archive):
-            download(source, archive, retries=retries, sha256=sha256, progress=progress, backoff=backoff)
+            download(source, archive, retries=retries, sha256=sha256, progress=progress, backoff=backoff,
+                     verify=lambda p: verify_archive(p, dataset_dir))
         downloaded = True
     else:
         if not os.path.isfile(source):
@@ -261,8 +431,11 @@ def fetch(source: str, dataset_dir: str, retries: int = 5, sha256: str | None = 
                                    "pass the path of dataset.zip or its URL.")
         if sha256 and sha256_of(source).lower() != sha256.lower():
             raise report.DataError(f"The SHA-256 of {source} does not match {sha256}; check the file and --sha256.")
+        problem = verify_archive(source, dataset_dir)
+        if problem:
+            raise report.DataError(f"{source} is {problem}; nothing was unpacked, copy or download it again.")
         archive, downloaded = source, False
-    written = safe_extract(archive, dataset_dir, progress)
+    written = safe_extract(archive, dataset_dir, progress, before_write=before_write)
     if downloaded and not keep_archive:
         os.remove(archive)
     return written

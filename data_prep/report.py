@@ -2,12 +2,14 @@
 
 `sniff` reads only a file's header and tail (no decoding), so a folder of thousands of images is
 checked in about a second. It names the problems that make a file unusable (empty, not an image,
-truncated, too small) and notes what a reader will convert on the fly (CMYK, 16-bit, grayscale, alpha,
+truncated, too small, too large to decode: above MAX_IMAGE_PIXELS; dangling symbolic links and link
+loops are named too) and notes what a reader will convert on the fly (CMYK, 16-bit, grayscale, alpha,
 very large). Nothing here imports TensorFlow.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import struct
@@ -17,6 +19,14 @@ from data_prep.files import IMAGE_EXTENSIONS
 log = logging.getLogger(__name__)
 # Beyond this many pixels an image is decoded at full size each time it is drawn: warn.
 LARGE_PIXELS = 4096 * 4096
+# Beyond this many pixels an image is refused from its header, before anything decodes it. 8192² is
+# twice the default inference max side (anime_gan.constants.DEFAULT_MAX_SIDE = 4096) on each side and
+# far above the 256² training crops. Decoding costs about 6-12 bytes a pixel (uint8 RGB + gray, then
+# the float32 resize): ~0.8 GB at the cap, while one 20000² PNG (1.2 MB on disk) peaked at 2.4 GB in
+# data_prep and 4.8 GB in the training pipeline's build (tests/test_data_faults.py, cap lifted). Every
+# reader of training images goes through `sniff`, so this one cap covers data_prep (report,
+# smoothing) and the tf.data pipeline.
+MAX_IMAGE_PIXELS = 8192 * 8192
 DEFAULT_MIN_SIDE = 16
 _HEAD_BYTES = 1 << 16
 
@@ -72,8 +82,37 @@ def _jpeg_header(head: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def sniff(path: str, min_side: int = DEFAULT_MIN_SIDE) -> ImageInfo:
-    """Header-level facts about one file, with `problem` set when it cannot be used as an image."""
+def too_large(width: int, height: int, max_pixels: int | None = None) -> str | None:
+    """The reason an image of this size is refused before decoding (None: small enough)."""
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if width * height <= limit:
+        return None
+    return (f"too large to decode: {width}×{height} pixels = {width * height / 1e6:.0f} MP, above the "
+            f"{limit / 1e6:.0f} MP limit; shrink it, e.g. to 4096 pixels on its longer side")
+
+
+def link_problem(path: str) -> str | None:
+    """Why the symbolic link `path` leads nowhere (dangling or a loop), or None."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+        return None
+    except OSError as e:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if e.errno == errno.ELOOP:
+            return f"symbolic link loop (-> {target}); fix or remove the link"
+        return f"dangling symbolic link (-> {target}, which does not exist); fix or remove the link"
+
+
+def sniff(path: str, min_side: int = DEFAULT_MIN_SIDE, max_pixels: int | None = None) -> ImageInfo:
+    """Header-level facts about one file, with `problem` set when it cannot be used as an image.
+
+    An image above `max_pixels` (default MAX_IMAGE_PIXELS) is a problem, found from the header alone.
+    """
     info = ImageInfo(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in IMAGE_EXTENSIONS:
@@ -101,6 +140,9 @@ def sniff(path: str, min_side: int = DEFAULT_MIN_SIDE) -> ImageInfo:
             info.problem = "broken JPEG (no frame header)"
             return info
         info.height, info.width, info.channels = header
+        info.problem = too_large(info.width, info.height, max_pixels)
+        if info.problem:
+            return info
         # A complete JPEG ends with the end-of-image marker (some writers pad with zeros after it).
         if not tail.rstrip(b"\x00").endswith(b"\xff\xd9"):
             info.problem = "truncated JPEG (no end-of-image marker)"
@@ -115,6 +157,9 @@ def sniff(path: str, min_side: int = DEFAULT_MIN_SIDE) -> ImageInfo:
             return info
         info.width, info.height, info.bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
         info.channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour_type, 0)
+        info.problem = too_large(info.width, info.height, max_pixels)
+        if info.problem:
+            return info
         if b"IEND" not in tail:
             info.problem = "truncated PNG (no IEND chunk)"
             return info
@@ -126,6 +171,9 @@ def sniff(path: str, min_side: int = DEFAULT_MIN_SIDE) -> ImageInfo:
         info.width, info.height = width, abs(height)
         (bpp,) = struct.unpack("<H", head[28:30])
         info.channels = 1 if bpp <= 8 else (4 if bpp == 32 else 3)
+        info.problem = too_large(info.width, info.height, max_pixels)
+        if info.problem:
+            return info
     else:
         info.problem = "not an image (contents are neither JPEG, PNG nor BMP)"
         return info
@@ -145,7 +193,23 @@ def sniff(path: str, min_side: int = DEFAULT_MIN_SIDE) -> ImageInfo:
 def require_folder(folder: str) -> None:
     """DataError (one sentence) unless `folder` is an existing directory."""
     if not os.path.isdir(folder):
+        not_a_folder(folder)
         raise DataError(f"Folder {folder} does not exist; create it with your images or run `make data`.")
+
+
+def not_a_folder(folder: str, flag: str = "") -> None:
+    """DataError (one sentence) when `folder` exists but is no folder: a file, a dangling link, a loop.
+
+    A missing path passes (callers create it or say it is missing). `flag` names the option that
+    gave the path (e.g. "--dataset_dir"), for the fix.
+    """
+    where = f"{flag} " if flag else "Folder "
+    fix = f"point {flag} at a folder" if flag else "pass the path of a folder"
+    problem = link_problem(folder)
+    if problem:
+        raise DataError(f"{where}{folder} is a {problem.split(';')[0]}; fix the link or {fix}.")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"{where}{folder} is a file, not a folder; {fix}.")
 
 
 def image_files(folder: str) -> list[str]:
@@ -186,8 +250,12 @@ class FolderReport:
         return out
 
 
-def scan_folder(folder: str, min_side: int = DEFAULT_MIN_SIDE, require_images: bool = True) -> FolderReport:
+def scan_folder(folder: str, min_side: int = DEFAULT_MIN_SIDE, require_images: bool = True,
+                max_pixels: int | None = None) -> FolderReport:
     """Sniff every file of `folder`; each unusable one gets a named warning (logged) and is left out.
+
+    Dangling symbolic links and link loops are unusable files too (named, not skipped silently);
+    images above `max_pixels` (default MAX_IMAGE_PIXELS) are refused from their header.
 
     Raises DataError (one sentence naming the folder) when it is missing or, with `require_images`,
     holds no usable image.
@@ -196,9 +264,15 @@ def scan_folder(folder: str, min_side: int = DEFAULT_MIN_SIDE, require_images: b
     rep = FolderReport(folder)
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if name.startswith(".") or not os.path.isfile(path):
+        if name.startswith("."):
             continue
-        info = sniff(path, min_side)
+        problem = link_problem(path)
+        if problem:
+            rep.bad.append((path, problem))
+            continue
+        if not os.path.isfile(path):
+            continue
+        info = sniff(path, min_side, max_pixels)
         if info.ok:
             rep.images.append(info)
         else:
@@ -230,6 +304,10 @@ def find_styles(dataset_dir: str) -> list[str]:
     """Names of the style folders (those holding a `style/` subfolder)."""
     if not os.path.isdir(dataset_dir):
         return []
+    for d in sorted(os.listdir(dataset_dir)):
+        problem = link_problem(os.path.join(dataset_dir, d, "style"))
+        if problem:
+            log.warning("%s: not a style folder (%s)", os.path.join(dataset_dir, d, "style"), problem)
     return sorted(d for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d, "style")))
 
 
