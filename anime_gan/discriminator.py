@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.layers import InstanceNorm
+from anime_gan.layers import InstanceNorm, LayerNorm
 
 # The original initialises every discriminator kernel with N(0, 0.02) (plain, not truncated).
 D_WEIGHT_STDDEV = 0.02
@@ -172,15 +172,25 @@ class Discriminator(keras.Model):
     non-trainable u of its output width (865 more for the defaults).
     Each stride-2 conv maps a side of H to floor(H / 2), so H' = floor(H / 2**(n_dis-1)) (256 -> 64
     for the defaults); sides must be at least 2**(n_dis-1).
+    norm="layer" gives AnimeGANv2's discriminator: the same network with contrib layer norm (over H, W
+    and C, eps 1e-12) in place of each instance norm (ORIGINAL_V2.md); the attribute names stay.
     """
 
-    def __init__(self, ch=64, n_dis=3, sn=True, name="discriminator", **kwargs):
+    def __init__(self, ch=64, n_dis=3, sn=True, norm="instance", name="discriminator", **kwargs):
         super().__init__(name=name, **kwargs)
         if int(ch) != ch or ch < 2:
             raise ValueError(f"Discriminator: ch must be an integer >= 2 (got {ch!r}).")
         if int(n_dis) != n_dis or n_dis < 1:
             raise ValueError(f"Discriminator: n_dis must be an integer >= 1 (got {n_dis!r}).")
-        self.ch, self.n_dis, self.sn = int(ch), int(n_dis), bool(sn)
+        if norm not in ("instance", "layer"):
+            raise ValueError(f"Discriminator: norm must be 'instance' or 'layer' (got {norm!r}).")
+        self.ch, self.n_dis, self.sn, self.norm = int(ch), int(n_dis), bool(sn), norm
+
+        def make_norm(scope):
+            if norm == "layer":
+                return LayerNorm(f"{scope}/", C.LN_EPSILON, name=scope)
+            return InstanceNorm(f"{scope}/", C.IN_EPSILON, name=scope)
+
         c = self.ch // 2
         self.conv_0 = SpectralConv2D(c, strides=1, sn=sn, name="conv_0")
         # Each stage's layers are plain attributes: tf.train.Checkpoint does not track layers held
@@ -188,10 +198,10 @@ class Discriminator(keras.Model):
         for i in range(1, self.n_dis):
             setattr(self, f"conv_s2_{i}", SpectralConv2D(2 * c, strides=2, sn=sn, name=f"conv_s2_{i}"))
             setattr(self, f"conv_s1_{i}", SpectralConv2D(4 * c, strides=1, sn=sn, name=f"conv_s1_{i}"))
-            setattr(self, f"ins_norm_{i}", InstanceNorm(f"ins_norm_{i}/", C.IN_EPSILON, name=f"ins_norm_{i}"))
+            setattr(self, f"ins_norm_{i}", make_norm(f"ins_norm_{i}"))
             c *= 2
         self.last_conv = SpectralConv2D(2 * c, strides=1, sn=sn, name="last_conv")
-        self.last_ins_norm = InstanceNorm("last_ins_norm/", C.IN_EPSILON, name="last_ins_norm")
+        self.last_ins_norm = make_norm("last_ins_norm")
         self.logit = SpectralConv2D(1, strides=1, sn=sn, name="D_logit")
 
     @property
@@ -242,5 +252,5 @@ class Discriminator(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(ch=self.ch, n_dis=self.n_dis, sn=self.sn)
+        config.update(ch=self.ch, n_dis=self.n_dis, sn=self.sn, norm=self.norm)
         return config

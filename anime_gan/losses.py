@@ -94,14 +94,19 @@ def _real_and_fake_terms(gan_type):
     return (lambda x: -tf.reduce_mean(x), lambda x: tf.reduce_mean(x))
 
 
-def discriminator_adv_loss(real_logit, gray_logit, fake_logit, smooth_logit, gan_type: str = "lsgan"):
+V1_D_TERM_WEIGHTS = (1.0, 1.0, 1.0, C.SMOOTH_D_WEIGHT)  # real, gray, fake, smooth
+
+
+def discriminator_adv_loss(real_logit, gray_logit, fake_logit, smooth_logit, gan_type: str = "lsgan",
+                           term_weights=V1_D_TERM_WEIGHTS):
     """The discriminator's adversarial loss and its parts.
 
     real = D(a) (anime, should read real); gray = D(x_gray) (grayscale anime), fake = D(G(p)),
     smooth = D(y_gray) (grayscale edge-smoothed anime): all should read fake. The grayscale anime
     keeps D from judging by colour; the smoothed anime teaches it that blurred edges are not anime.
-    Returns d_real, d_gray, d_fake, d_smooth (unweighted) and
-    d_adv = d_real + d_gray + d_fake + 0.1 * d_smooth (the official weighting).
+    Returns d_real, d_gray, d_fake, d_smooth (unweighted) and their sum weighted by `term_weights`
+    (real, gray, fake, smooth): d_adv = d_real + d_gray + d_fake + 0.1 * d_smooth in v1; AnimeGANv2
+    weights them per style (ORIGINAL_V2.md; its code uses 1.7, 1.7, 1.7, 1.0).
     """
     check_gan_type(gan_type)
     real_term, fake_term = _real_and_fake_terms(gan_type)
@@ -111,8 +116,9 @@ def discriminator_adv_loss(real_logit, gray_logit, fake_logit, smooth_logit, gan
         "d_fake": fake_term(_f32(fake_logit)),
         "d_smooth": fake_term(_f32(smooth_logit)),
     }
-    parts["d_adv"] = (parts["d_real"] + parts["d_gray"] + parts["d_fake"]
-                      + C.SMOOTH_D_WEIGHT * parts["d_smooth"])
+    w_real, w_gray, w_fake, w_smooth = term_weights
+    parts["d_adv"] = (w_real * parts["d_real"] + w_gray * parts["d_gray"] + w_fake * parts["d_fake"]
+                      + w_smooth * parts["d_smooth"])
     return parts
 
 
@@ -168,6 +174,14 @@ def gradient_penalty(discriminator, real, fake, gan_type: str, ld: float = C.GP_
     return ld * tf.reduce_mean(tf.square(norm - 1.0))
 
 
+def total_variation_loss(images):
+    """AnimeGANv2's TV loss on G(p): 0.5 * mean(dh^2) + 0.5 * mean(dw^2) (TF1's l2_loss / size)."""
+    images = _f32(images)
+    dh = images[:, 1:] - images[:, :-1]
+    dw = images[:, :, 1:] - images[:, :, :-1]
+    return 0.5 * tf.reduce_mean(tf.square(dh)) + 0.5 * tf.reduce_mean(tf.square(dw))
+
+
 def init_loss(vgg_photo, vgg_generated, con_weight: float = C.CON_WEIGHT):
     """Initialisation phase (G only): con_weight * content loss."""
     return con_weight * content_loss(vgg_photo, vgg_generated)
@@ -175,10 +189,14 @@ def init_loss(vgg_photo, vgg_generated, con_weight: float = C.CON_WEIGHT):
 
 def generator_loss(adv, content, style, color, g_adv_weight: float = C.G_ADV_WEIGHT,
                    con_weight: float = C.CON_WEIGHT, sty_weight: float = C.STY_WEIGHT,
-                   color_weight: float = C.COLOR_WEIGHT):
-    """G total = g_adv_weight*adv + con_weight*content + sty_weight*style + color_weight*color."""
-    return (g_adv_weight * _f32(adv) + con_weight * _f32(content) + sty_weight * _f32(style)
-            + color_weight * _f32(color))
+                   color_weight: float = C.COLOR_WEIGHT, tv=0.0, tv_weight: float = 0.0):
+    """G total = g_adv_weight*adv + con_weight*content + sty_weight*style + color_weight*color
+    (+ tv_weight*tv in AnimeGANv2)."""
+    total = (g_adv_weight * _f32(adv) + con_weight * _f32(content) + sty_weight * _f32(style)
+             + color_weight * _f32(color))
+    if tv_weight:
+        total = total + tv_weight * _f32(tv)
+    return total
 
 
 def discriminator_loss(d_adv, gp=0.0, d_adv_weight: float = C.D_ADV_WEIGHT):
