@@ -53,6 +53,10 @@ class Generator(keras.Model):
 
     arch = "v1"
 
+    def options(self):
+        """The constructor arguments that differ from the official network: none for v1."""
+        return {}
+
     def __init__(self, name="generator", **kwargs):
         super().__init__(name=name, **kwargs)
         self.b1 = _Scope("b1", [
@@ -132,8 +136,10 @@ def generator_class(arch="v1"):
     raise ValueError(f"unknown generator architecture {arch!r}; choose one of {', '.join(C.ARCHITECTURES)}.")
 
 
-def build_generator(policy=None, arch="v1"):
+def build_generator(policy=None, arch="v1", **options):
     """A built generator of architecture `arch` whose layers compute under the Keras dtype policy `policy`.
+
+    `options` go to the architecture's constructor (v2: resize, epsilon; see `GeneratorV2`).
 
     `policy` is e.g. "float32", "mixed_bfloat16" (the fast CPU path) or "mixed_float16"; None means
     the global policy. Sub-layers take the global policy when they are created, so it is set for the
@@ -141,13 +147,13 @@ def build_generator(policy=None, arch="v1"):
     """
     cls = generator_class(arch)
     if policy is None:
-        generator = cls()
+        generator = cls(**options)
         generator.build()
         return generator
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_dtype_policy(policy)
     try:
-        generator = cls()
+        generator = cls(**options)
         generator.build()
     finally:
         keras.mixed_precision.set_dtype_policy(previous)

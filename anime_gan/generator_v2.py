@@ -17,9 +17,11 @@ from anime_gan.layers import ConvLayerNormLReLU, InvertedResBlockV2, UpsampleV2,
 ARCH = "v2"
 
 
-def _cnl(filters, index, kernel_size=3, strides=1):
-    suffix = f"_{index}" if index else ""
-    return ConvLayerNormLReLU(filters, f"Conv{suffix}", f"LayerNorm{suffix}", kernel_size, strides)
+# How the two upsamplings resize: "tf1" is the official graph (legacy bilinear x2, output
+# 4*floor(H/4) x 4*floor(W/4)); "align_corners" is the PyTorch port's default forward (bryandlee/
+# animegan2-pytorch: resize to the sizes recorded on the way down, align_corners=True, so the output
+# keeps the input's size), which its own weights (face_paint_512_v1/v2, celeba_distill) were trained with.
+RESIZE_MODES = ("tf1", "align_corners")
 
 
 class GeneratorV2(keras.Model):
@@ -33,18 +35,30 @@ class GeneratorV2(keras.Model):
 
     arch = ARCH
 
-    def __init__(self, name="generator", **kwargs):
+    def __init__(self, resize="tf1", epsilon=C.LN_EPSILON, name="generator", **kwargs):
+        """`resize`: one of RESIZE_MODES; `epsilon`: the layer norms' (1e-12 official; the PyTorch
+        port's GroupNorm uses 1e-5)."""
         super().__init__(name=name, **kwargs)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)} (got {resize!r}).")
+        self.resize, self.epsilon = resize, float(epsilon)
+
+        def _cnl(filters, index, kernel_size=3, strides=1):
+            suffix = f"_{index}" if index else ""
+            return ConvLayerNormLReLU(filters, f"Conv{suffix}", f"LayerNorm{suffix}", kernel_size, strides,
+                                      epsilon=self.epsilon)
+
+        eps = self.epsilon
         self.A = _Scope("A", [_cnl(32, 0, kernel_size=7), _cnl(64, 1, strides=2), _cnl(64, 2)])
         self.B = _Scope("B", [_cnl(128, 0, strides=2), _cnl(128, 1)])
         self.C = _Scope("C", [
             _cnl(128, 0),
-            InvertedResBlockV2("r1", hidden=256),
-            *[InvertedResBlockV2(f"r{i}", hidden=512) for i in range(2, C.N_INVERTED_RESIDUAL_V2 + 1)],
+            InvertedResBlockV2("r1", hidden=256, epsilon=eps),
+            *[InvertedResBlockV2(f"r{i}", hidden=512, epsilon=eps) for i in range(2, C.N_INVERTED_RESIDUAL_V2 + 1)],
             _cnl(128, 1),
         ])
-        self.D = _Scope("D", [UpsampleV2(128, "Conv", "LayerNorm"), _cnl(128, 1)])
-        self.E = _Scope("E", [UpsampleV2(64, "Conv", "LayerNorm"), _cnl(64, 1), _cnl(32, 2, kernel_size=7)])
+        self.D = _Scope("D", [UpsampleV2(128, "Conv", "LayerNorm", epsilon=eps), _cnl(128, 1)])
+        self.E = _Scope("E", [UpsampleV2(64, "Conv", "LayerNorm", epsilon=eps), _cnl(64, 1), _cnl(32, 2, kernel_size=7)])
         self.scopes = [self.A, self.B, self.C, self.D, self.E]
 
     def build(self, input_shape=(None, None, None, 3)):
@@ -55,10 +69,30 @@ class GeneratorV2(keras.Model):
         super().build(input_shape)
         self(tf.zeros((1, 8, 8, input_shape[-1] or 3)))
 
+    def options(self):
+        """The constructor arguments that differ from the official network (stored with the weights)."""
+        options = {}
+        if self.resize != "tf1":
+            options["resize"] = self.resize
+        if self.epsilon != C.LN_EPSILON:
+            options["epsilon"] = self.epsilon
+        return options
+
     def call(self, x):
         x = tf.cast(x, self.A.compute_dtype)
-        for scope in self.scopes:
-            x = scope(x)
+        if self.resize == "tf1":
+            for scope in self.scopes:
+                x = scope(x)
+        else:
+            full = tf.shape(x)[1:3]
+            x = self.A(x)
+            half = tf.shape(x)[1:3]
+            x = self.C(self.B(x))
+            for scope, size in ((self.D, half), (self.E, full)):
+                up, *rest = scope.blocks
+                x = up(x, size=size)
+                for block in rest:
+                    x = block(x)
         x = tf.nn.conv2d(tf.cast(x, tf.float32), self.out_kernel, strides=1, padding="VALID")
         return tf.tanh(x)
 

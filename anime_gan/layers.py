@@ -326,14 +326,14 @@ class ConvLayerNormLReLU(_Block):
     """v2's `Conv2DNormLReLU(c, k, s)`: reflect pad (see `v2_padding`), VALID conv without bias,
     layer norm, LeakyReLU 0.2. tf1_conv / tf1_norm: "Conv_1", "LayerNorm_1", ..."""
 
-    def __init__(self, filters, tf1_conv, tf1_norm, kernel_size=3, strides=1, **kwargs):
+    def __init__(self, filters, tf1_conv, tf1_norm, kernel_size=3, strides=1, epsilon=C.LN_EPSILON, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
         self.tf1_prefix = ""
         self.tf1_conv = tf1_conv
-        self.norm = LayerNorm(tf1_norm + "/")
+        self.norm = LayerNorm(tf1_norm + "/", epsilon)
 
     def build(self, input_shape):
         k, cin = self.kernel_size, input_shape[-1]
@@ -355,15 +355,15 @@ class InvertedResBlockV2(_Block):
     bias, layer norm `1`, LeakyReLU; 1x1 conv to 256, layer norm `2`; the input is added only when it
     already has 256 channels (r2-r4, not r1)."""
 
-    def __init__(self, name_in_graph, hidden, filters=256, **kwargs):
+    def __init__(self, name_in_graph, hidden, filters=256, epsilon=C.LN_EPSILON, **kwargs):
         super().__init__(**kwargs)
         self.r = name_in_graph
         self.tf1_prefix = f"{name_in_graph}/"
         self.hidden = hidden  # round(2 * cin): 256 for r1, 512 for r2-r4
         self.filters = filters
-        self.expand = ConvLayerNormLReLU(hidden, "Conv", "LayerNorm", kernel_size=1)
-        self.norm_dw = LayerNorm("1/")
-        self.norm_project = LayerNorm("2/")
+        self.expand = ConvLayerNormLReLU(hidden, "Conv", "LayerNorm", kernel_size=1, epsilon=epsilon)
+        self.norm_dw = LayerNorm("1/", epsilon)
+        self.norm_project = LayerNorm("2/", epsilon)
 
     def build(self, input_shape):
         cin, hidden = input_shape[-1], self.hidden
@@ -391,16 +391,24 @@ class InvertedResBlockV2(_Block):
 
 
 class UpsampleV2(_Block):
-    """v2's `Unsample(c)`: TF1 legacy bilinear x2, then `Conv2DNormLReLU(c)`."""
+    """v2's `Unsample(c)`: TF1 legacy bilinear x2, then `Conv2DNormLReLU(c)`.
 
-    def __init__(self, filters, tf1_conv, tf1_norm, **kwargs):
+    With `size` (the PyTorch port's default mode) it resizes to that size instead, with
+    align_corners=True sampling (`F.interpolate(..., align_corners=True)`).
+    """
+
+    def __init__(self, filters, tf1_conv, tf1_norm, epsilon=C.LN_EPSILON, **kwargs):
         super().__init__(**kwargs)
         self.tf1_prefix = ""
-        self.conv = ConvLayerNormLReLU(filters, tf1_conv, tf1_norm)
+        self.conv = ConvLayerNormLReLU(filters, tf1_conv, tf1_norm, epsilon=epsilon)
 
     def _blocks(self):
         return [self.conv]
 
-    def call(self, x):
-        shape = tf.shape(x)
-        return self.conv(legacy_resize_bilinear(x, shape[1] * 2, shape[2] * 2))
+    def call(self, x, size=None):
+        if size is None:
+            shape = tf.shape(x)
+            return self.conv(legacy_resize_bilinear(x, shape[1] * 2, shape[2] * 2))
+        y = tf.raw_ops.ResizeBilinear(images=tf.cast(x, tf.float32), size=size, align_corners=True,
+                                      half_pixel_centers=False)
+        return self.conv(tf.cast(y, x.dtype))
