@@ -8,6 +8,9 @@ handled here; with that flag OpenCV ignores the EXIF orientation, so the tag is 
 - grayscale -> three equal channels;
 - RGBA / gray + alpha -> composited over white (transparent areas usually hold black or garbage);
 - first frame of an animated GIF.
+Given a `check_size`, `read_image` and `decode_image` read the size from the file's header
+(`data_prep.image_header.image_size`) and check it before OpenCV decodes a pixel, so a 20000x20000
+PNG of 1.2 MB is refused without the 1.2 GB its pixels would take.
 Every failure is an `ImageError` whose message is one sentence naming the problem and the fix.
 
 Pixel mapping, as in the original (its training input and its inference): x = u8 / 127.5 - 1 in,
@@ -26,6 +29,7 @@ import numpy as np
 
 from anime_gan.errors import UserError
 from data_prep import files
+from data_prep.image_header import image_size
 
 # Stylizing reads through OpenCV, which also decodes GIF, WebP and TIFF; the training set keeps to
 # the formats TensorFlow's decoders and the header sniffer read (data_prep.files.IMAGE_EXTENSIONS).
@@ -132,10 +136,19 @@ def to_rgb_uint8(image, name="image"):
     return np.ascontiguousarray(image)
 
 
-def decode_image(data, name="image"):
-    """Encoded bytes (JPEG, PNG, BMP, GIF, WebP, TIFF) -> uint8 H x W x 3 RGB, upright."""
+def decode_image(data, name="image", check_size=None):
+    """Encoded bytes (JPEG, PNG, BMP, GIF, WebP, TIFF) -> uint8 H x W x 3 RGB, upright.
+
+    check_size(height, width, name): when given, called with the size in the header before anything
+    is decoded (where the format is recognised), and it raises ImageError to refuse the image. The
+    header's size is the stored one, before the EXIF orientation turns it.
+    """
     if len(data) == 0:
         raise ImageError(f"{name} is empty (0 bytes); replace it with a real image or remove it.")
+    if check_size is not None:
+        size = image_size(data)
+        if size is not None:
+            check_size(size[0], size[1], name)
     buf = np.frombuffer(data, np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -154,14 +167,17 @@ def decode_image(data, name="image"):
     return to_rgb_uint8(image, name)
 
 
-def read_image(path):
-    """A file -> uint8 H x W x 3 RGB, upright; `ImageError` with a one-line reason otherwise."""
+def read_image(path, check_size=None):
+    """A file -> uint8 H x W x 3 RGB, upright; `ImageError` with a one-line reason otherwise.
+
+    check_size: see `decode_image` (the size in the header is checked before decoding).
+    """
     path = pathlib.Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageError(f"{path} cannot be read ({e.strerror or e}); check the path and its permissions.") from None
-    return decode_image(data, str(path))
+    return decode_image(data, str(path), check_size)
 
 
 def output_suffix(suffix):

@@ -5,13 +5,17 @@ The exported object is a plain `tf.Module` whose `tf.function`s capture the gene
 a process where neither `anime_gan` nor Keras can be imported.
 
 Signatures
-- `serving_default`: `images` uint8 [N, H, W, 3] -> `images` uint8 [N, H, W, 3].
-- `stylize_bytes`: `image_bytes` string [N] (JPEG, PNG, BMP or GIF; first frame) -> `image_bytes`
-  string [N] (PNG), each image keeping its own size (TF Serving's REST `{"b64": ...}` convention:
-  the output name ends in `_bytes`). Decoding is TensorFlow's `decode_image`: grayscale becomes
-  RGB, 16-bit PNGs are scaled to 8 bits, alpha is dropped (the colour under it is stylized) and the
-  EXIF orientation is not applied, so send upright images (`anime_gan.stylize` applies it and
-  composites transparency over white).
+- `serving_default`: `images` uint8 [N, H, W, 3] -> `images` uint8 [N, H, W, 3]. N = 0 gives an
+  empty [0, H, W, 3]. The signature declares no shape (a server does not enforce the declared one):
+  the graph checks it, so a rank-3 image or a 4-channel batch is refused in one sentence.
+- `stylize_bytes`: `image_bytes` string [N] (JPEG, PNG, BMP, WebP or GIF; first frame) ->
+  `image_bytes` string [N] (PNG), each image keeping its own size (TF Serving's REST `{"b64": ...}`
+  convention: the output name ends in `_bytes`). The size is read from the file's header
+  (`encoded_image_size`) and checked before anything is decoded, so a 20000x20000 PNG of 1.2 MB is
+  refused without the 1.2 GB its pixels would take. Decoding is TensorFlow's `decode_image`:
+  grayscale becomes RGB, 16-bit PNGs are scaled to 8 bits, alpha is dropped (the colour under it is
+  stylized) and the EXIF orientation is not applied, so send upright images (`anime_gan.stylize`
+  applies it and composites transparency over white).
 
 Sizes. The original resized every photo to multiples of 32 before running G. Here each image is
 instead reflect-padded at the bottom and right to the next multiple of 4 (G halves the resolution
@@ -61,15 +65,117 @@ def size_error(height, width, max_side, name="image"):
     return None
 
 
-def size_checks(height, width, max_side):
-    """`size_error` in the graph: assertions that raise InvalidArgumentError with the same sentences."""
+def size_checks(height, width, max_side, applies=True):
+    """`size_error` in the graph: assertions that raise InvalidArgumentError with the same sentences.
+
+    applies: a boolean tensor; where it is False (a size that could not be read) nothing is checked.
+    """
     def message(template):
         return tf.strings.format(template.format(name="image", height="{}", width="{}", max_side=max_side),
                                  (height, width))
 
-    small = tf.debugging.Assert(tf.minimum(height, width) >= MIN_SIDE, [message(_TOO_SMALL)])
-    large = tf.debugging.Assert(tf.maximum(height, width) <= max_side, [message(_TOO_LARGE)])
+    def holds(condition):
+        return tf.logical_or(tf.logical_not(applies), condition)
+
+    small = tf.debugging.Assert(holds(tf.minimum(height, width) >= MIN_SIDE), [message(_TOO_SMALL)])
+    large = tf.debugging.Assert(holds(tf.maximum(height, width) <= max_side), [message(_TOO_LARGE)])
     return [small, large]
+
+
+# The batch-shape rule of `serving_default`, in one sentence each; {} is filled in the graph.
+_NOT_A_BATCH = ("images must be a batch of shape [N, H, W, 3] (rank 4), not rank {}; "
+                "send one image as [1, H, W, 3].")
+_NOT_RGB = "images must have 3 channels (RGB) in their last dimension, not {}; convert gray or RGBA images to RGB."
+
+
+def checked_batch(images):
+    """images (any shape) -> the same tensor with static shape [None, None, None, 3], after assertions
+    that it is rank 4 with 3 channels (InvalidArgumentError in one sentence otherwise)."""
+    dims = tf.shape(images)
+    rank = tf.size(dims)
+    # Padded so that reading dimension 3 never fails on a lower rank: the assertions speak first.
+    channels = tf.concat([dims, tf.zeros([4], tf.int32)], 0)[3]
+    is_batch = tf.debugging.Assert(tf.equal(rank, 4), [tf.strings.format(_NOT_A_BATCH, rank)])
+    is_rgb = tf.debugging.Assert(tf.logical_or(tf.not_equal(rank, 4), tf.equal(channels, 3)),
+                                 [tf.strings.format(_NOT_RGB, channels)])
+    with tf.control_dependencies([is_batch, is_rgb]):
+        return tf.ensure_shape(tf.identity(images), [None, None, None, 3])
+
+
+def _bytes_at(head, offset, literal):
+    """True where the header bytes at offset equal literal (bytes)."""
+    expected = tf.constant(list(literal), tf.int64)
+    return tf.reduce_all(tf.equal(head[offset:offset + len(literal)], expected))
+
+
+def _header(image_bytes, n=32):
+    """The first n bytes of a scalar string as int64 [n], zero-padded when it is shorter."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, n), b"\0" * n]), 0, n)
+    return tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+
+# JPEG XL (decode_image reads it too), bare codestream or ISO container: its size is not read here.
+_JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+_UNKNOWN_FORMAT = (f"an element of {{key}} is not a JPEG, PNG, GIF, BMP or WebP file (its first bytes say so); "
+                   "send the bytes of the image file as they are on disk.")
+
+
+def encoded_image_size(image_bytes):
+    """(height, width) int64 of one encoded image (a scalar string) read from its header, decoding no
+    pixel; (-1, -1) when the format is not recognised (the decoder then says what is wrong).
+
+    JPEG through `tf.io.extract_jpeg_shape` (libjpeg reads the header only); PNG (IHDR), GIF (logical
+    screen), BMP (BITMAPCOREHEADER and BITMAPINFOHEADER and later) and WebP (VP8, VP8L, VP8X) from
+    their fixed header fields, as `data_prep.image_header.image_size` reads them in Python.
+    """
+    b = _header(image_bytes)
+
+    def le(offset, size):  # unsigned little-endian
+        return sum(b[offset + i] * (1 << (8 * i)) for i in range(size))
+
+    def be(offset, size):  # unsigned big-endian
+        return sum(b[offset + i] * (1 << (8 * (size - 1 - i))) for i in range(size))
+
+    def signed32(value):
+        return tf.abs(tf.where(value >= 1 << 31, value - (1 << 32), value))  # BMP: negative = top-down
+
+    bmp_header = le(14, 4)
+    vp8l = le(21, 4)
+    candidates = [  # (recognised, height, width)
+        (_bytes_at(b, 0, b"\x89PNG\r\n\x1a\n") & _bytes_at(b, 12, b"IHDR"), be(20, 4), be(16, 4)),
+        (_bytes_at(b, 0, b"GIF87a") | _bytes_at(b, 0, b"GIF89a"), le(8, 2), le(6, 2)),
+        (_bytes_at(b, 0, b"BM") & tf.equal(bmp_header, 12), le(20, 2), le(18, 2)),
+        (_bytes_at(b, 0, b"BM") & (bmp_header >= 40), signed32(le(22, 4)), signed32(le(18, 4))),
+        (_bytes_at(b, 0, b"RIFF") & _bytes_at(b, 8, b"WEBPVP8 ") & _bytes_at(b, 23, b"\x9d\x01\x2a"),
+         le(28, 2) % (1 << 14), le(26, 2) % (1 << 14)),
+        (_bytes_at(b, 0, b"RIFF") & _bytes_at(b, 8, b"WEBPVP8L") & tf.equal(b[20], 0x2F),
+         (vp8l // (1 << 14)) % (1 << 14) + 1, vp8l % (1 << 14) + 1),
+        (_bytes_at(b, 0, b"RIFF") & _bytes_at(b, 8, b"WEBPVP8X"), le(27, 3) + 1, le(24, 3) + 1),
+    ]
+    height = width = tf.constant(-1, tf.int64)
+    for recognised, h, w in reversed(candidates):
+        height, width = tf.where(recognised, h, height), tf.where(recognised, w, width)
+
+    def jpeg_size():
+        shape = tf.cast(tf.io.extract_jpeg_shape(image_bytes), tf.int64)
+        return shape[0], shape[1]
+
+    return tf.cond(_bytes_at(b, 0, b"\xff\xd8"), jpeg_size, lambda: (height, width))
+
+
+def generate(generator, x):
+    """G on one batch of one size: float32 [N, H, W, 3] in [-1, 1] -> the same shape, any H and W >= MIN_SIDE.
+
+    The one place the served graph runs the generator (a bounded-memory executor may replace it).
+    Padded at the bottom and right to the next multiple of GENERATOR_STRIDE and cropped back.
+    """
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    pad_h = (-height) % C.GENERATOR_STRIDE
+    pad_w = (-width) % C.GENERATOR_STRIDE
+    # Bottom/right only, so the crop back is a plain slice; reflect (not edge) padding is what G does
+    # internally and leaves no flat band for the instance norm statistics.
+    x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="REFLECT")
+    return generator(x)[:, :height, :width, :]
 
 
 def _float32_generator(generator):
@@ -82,7 +188,7 @@ def _float32_generator(generator):
         return generator
     from anime_gan.generator import build_generator
 
-    clone = build_generator("float32")
+    clone = build_generator("float32", arch=getattr(generator, "arch", "v1"), **generator.options())
     clone.set_weights(generator.get_weights())
     return clone
 
@@ -115,26 +221,33 @@ class StylizeModule(tf.Module):
         self.max_side_variable = tf.Variable(max_side, dtype=tf.int32, trainable=False, name="max_side")
 
         def stylize_batch(images):
-            """uint8 [N, H, W, 3] -> uint8 [N, H, W, 3] (one size per batch)."""
+            """uint8 [N, H, W, 3] -> uint8 [N, H, W, 3] (one size per batch; N may be 0)."""
             shape = tf.shape(images)
-            height, width = shape[1], shape[2]
+            count, height, width = shape[0], shape[1], shape[2]
             with tf.control_dependencies(size_checks(height, width, max_side)):
                 x = images_to_unit_range(images)
-            pad_h = (-height) % C.GENERATOR_STRIDE
-            pad_w = (-width) % C.GENERATOR_STRIDE
-            # Bottom/right only, so the crop back is a plain slice; reflect (not edge) padding is what
-            # G does internally and leaves no flat band for the instance norm statistics.
-            x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="REFLECT")
-            y = generator(x)
-            return unit_range_to_images(y[:, :height, :width, :])
+            # An empty batch has nothing to pad (MirrorPad refuses it): answer [0, H, W, 3] directly.
+            return tf.cond(
+                count > 0,
+                lambda: unit_range_to_images(generate(generator, x)),
+                lambda: tf.zeros(tf.stack([0, height, width, 3]), tf.uint8),
+            )
 
         def stylize_one_encoded(image_bytes):
             # TF's own message for b"" is a bare "Input is empty."; name the input instead.
             not_empty = tf.debugging.Assert(
                 tf.strings.length(image_bytes) > 0,
-                [f"an element of {BYTES_KEY} is empty (0 bytes); send the encoded image file's bytes."],
+                [f"an element of {BYTES_KEY} is empty (0 bytes); send the bytes of the encoded image file."],
             )
             with tf.control_dependencies([not_empty]):
+                height, width = encoded_image_size(image_bytes)
+            head = _header(image_bytes)
+            known = tf.reduce_any([height >= 0] + [_bytes_at(head, 0, sig) for sig in _JPEG_XL_SIGNATURES])
+            # TF's own message for an unknown format is two sentences; ours names the input.
+            header_checks = [tf.debugging.Assert(known, [_UNKNOWN_FORMAT.format(key=BYTES_KEY)])]
+            # The size in the header is checked before decode_image allocates the pixels.
+            header_checks += size_checks(height, width, max_side, applies=height >= 0)
+            with tf.control_dependencies(header_checks):
                 image_bytes = tf.identity(image_bytes)
             # channels=3 turns grayscale into RGB and drops alpha; expand_animations=False keeps the
             # first frame of a GIF as a 3-D image. dtype=uint8 scales 16-bit PNGs down.
@@ -142,9 +255,11 @@ class StylizeModule(tf.Module):
             image.set_shape([None, None, 3])
             return tf.io.encode_png(stylize_batch(image[tf.newaxis])[0])
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_KEY)])
+        # Declared without a shape: servers do not enforce a declared shape, so `checked_batch` checks
+        # it in the graph (a declared rank would let the optimiser fold those checks away).
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name=IMAGES_KEY)])
         def serving_default(images):
-            return {IMAGES_KEY: stylize_batch(images)}
+            return {IMAGES_KEY: stylize_batch(checked_batch(images))}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_KEY)])
         def stylize_bytes(image_bytes):

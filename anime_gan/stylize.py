@@ -12,8 +12,11 @@ stylized too, each into NAME.mp4) or a video (written frame by frame with OpenCV
 and size; the audio track is not copied).
 
 Each image keeps its exact size (see `anime_gan.serving`). Files that cannot be stylized are
-reported one line each; the others are still written, and the command exits with status 1 and a
-summary. The same things from Python:
+reported one line each (an image too large for --max_side is refused from its header, before it is
+decoded); the others are still written, and the command exits with status 1 and a summary. So does
+a video whose frames could not all be decoded (it is written without them). Ctrl-C stops after the
+batch in hand is written, names what was written and exits with 130; a second Ctrl-C stops at once.
+The same things from Python:
 
     >>> import anime_gan
     >>> anime = anime_gan.stylize(photo_uint8, model="checkpoints/hayao")
@@ -29,8 +32,10 @@ import logging
 import os
 import pathlib
 import re
+import signal
 import sys
 import tempfile
+import threading
 import types
 
 import numpy as np
@@ -47,6 +52,9 @@ log = logging.getLogger("anime_gan.stylize")
 DEFAULT_BATCH_SIZE = 4
 MODEL_ENV = "ANIME_GAN_MODEL"
 VIDEO_OUTPUT_SUFFIX = ".mp4"  # container of every video we write into a folder (mp4v codec)
+# A video stops at this many failed frame reads in a row even before its announced frame count (a
+# stream cut short fails every read; a corrupt frame fails one).
+MAX_BAD_FRAMES_IN_A_ROW = 25
 # --adjust_brightness: weights of the R, G, B channel means in the brightness that is matched.
 # "official" is what the original's image path computes: its helper reads channel 0 as B (weight
 # 0.114) and channel 2 as R (0.299), as for an OpenCV BGR array, but is given RGB arrays, so in
@@ -224,6 +232,10 @@ def stylize(image_uint8, model=None, adjust_brightness=False):
     stylizer = get_model(model)
     array = np.asarray(image_uint8)
     batched = array.ndim == 4
+    if batched and len(array) == 0:  # nothing to stylize: the empty batch of the same size
+        image_io.to_rgb_uint8(np.zeros((1, 1, *array.shape[3:]), array.dtype))  # the same dtype/channel checks
+        stylizer.check_size(array.shape[1], array.shape[2])
+        return np.zeros((0, *array.shape[1:3], 3), np.uint8)
     images = list(array) if batched else [array]
     images = np.stack([image_io.to_rgb_uint8(im) for im in images])
     stylizer.check_size(images.shape[1], images.shape[2])
@@ -240,12 +252,86 @@ def stylize(image_uint8, model=None, adjust_brightness=False):
 
 @dataclasses.dataclass
 class Summary:
+    """What a run did: written outputs, failed inputs, and videos written with frames missing."""
+
     written: list = dataclasses.field(default_factory=list)
     failed: list = dataclasses.field(default_factory=list)  # [(path, reason)]
+    incomplete: list = dataclasses.field(default_factory=list)  # [(path, reason)]: written, frames missing
+    inputs: int = 0  # how many inputs the run had
 
     @property
     def ok(self):
-        return not self.failed
+        return not self.failed and not self.incomplete
+
+    def sentence(self):
+        """One sentence saying what was written and what was not."""
+        n_ok, n_bad = len(self.written), len(self.failed)
+        total = max(self.inputs, n_ok + n_bad)
+        parts = [f"stylized {n_ok} of {total} input{'s' if total != 1 else ''}"]
+        if n_bad:
+            parts.append(f"{n_bad} failed (listed above): " + _first_five(self.failed))
+        if self.incomplete:
+            n = len(self.incomplete)
+            parts.append(f"{n} video{'s' if n != 1 else ''} written with frames missing (listed above): "
+                         + _first_five(self.incomplete))
+        return "; ".join(parts)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C ended a run; `summary` holds what was written before it (every listed file is complete)."""
+
+    def __init__(self, summary):
+        super().__init__()
+        self.summary = summary
+
+    def sentence(self):
+        left = self.summary.inputs - len(self.summary.written) - len(self.summary.failed)
+        return (f"stopped by Ctrl-C: {self.summary.sentence()}; "
+                f"the other {left} input{'s were' if left != 1 else ' was'} not written.")
+
+
+def _first_five(items):
+    return ", ".join(p for p, _ in items[:5]) + (" ..." if len(items) > 5 else "")
+
+
+class StopOnCtrlC:
+    """While active (in the main thread), the first Ctrl-C asks the run to stop at its next safe
+    point (`check`, between batches: what was stylized is written first); a second stops at once.
+
+    Elsewhere (another thread, where no signal handler can be set) Ctrl-C cannot reach the run and
+    `check` never stops it.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not logging: the handler may run while the main thread is inside a stream's write.
+        os.write(2, b"\nwarning: Ctrl-C: stopping once the batch in hand is written; "
+                    b"press Ctrl-C again to stop at once.\n")
+
+    def check(self):
+        """KeyboardInterrupt if a stop was asked for."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+_NEVER_STOP = types.SimpleNamespace(check=lambda: None)
 
 
 def _report_failure(summary, path, reason):
@@ -257,10 +343,13 @@ def folder_jobs(input_dir, output_dir):
     """([(source, destination)] of the images, [(source, destination)] of the videos) under
     input_dir, mirrored under output_dir.
 
-    An image keeps its name and format (GIF and other unwritable formats become PNG). A video is
-    written as NAME.mp4, the container a single --input video gets in a folder --output; where
-    several videos of one folder would share NAME.mp4 (clip.mov beside clip.mp4), each one not
-    already named NAME.mp4 is written as NAME.EXT.mp4 (clip.mov.mp4) instead.
+    An image keeps its name and format (GIF and other unwritable formats become PNG); a video is
+    written as NAME.mp4, the container a single --input video gets in a folder --output. Where
+    several inputs of one folder would share an output name (a.png beside a.gif, b.jpg beside b.JPG,
+    clip.mov beside clip.mp4), each one not already named so is written as its full name plus the
+    output's suffix instead (a.gif.png, b.JPG.jpg, clip.mov.mp4): one output per input. If two inputs
+    would still share an output (a.gif beside a file named a.gif.png), ImageError names them all
+    before anything is written.
     """
     input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
     images, videos = [], []
@@ -269,37 +358,58 @@ def folder_jobs(input_dir, output_dir):
         root = pathlib.Path(root)
         # Never stylize our own earlier output when --output lies inside --input.
         dirs[:] = sorted(d for d in dirs if (root / d).resolve() != skip)
-        here = collections.defaultdict(list)  # NAME.mp4 -> the videos of this folder that map to it
+        here = collections.defaultdict(list)  # output path -> [(source, mirrored path, job list)]
         for name in sorted(files):
             src = root / name
             dst = output_dir / src.relative_to(input_dir)
             if image_io.is_image_path(src):
-                images.append((src, dst.with_suffix(image_io.output_suffix(src.suffix))))
+                here[dst.with_suffix(image_io.output_suffix(src.suffix))].append((src, dst, images))
             elif image_io.is_video_path(src):
-                here[dst.with_suffix(VIDEO_OUTPUT_SUFFIX)].append((src, dst))
+                here[dst.with_suffix(VIDEO_OUTPUT_SUFFIX)].append((src, dst, videos))
+        found = []
         for base, group in here.items():
-            for src, dst in group:
+            for src, dst, jobs in group:
                 unique = len(group) == 1 or base.name == src.name
-                videos.append((src, base if unique else dst.with_name(dst.name + VIDEO_OUTPUT_SUFFIX)))
+                found.append((jobs, src, base if unique else dst.with_name(dst.name + base.suffix)))
+        for jobs, src, dst in sorted(found, key=lambda job: job[1]):
+            jobs.append((src, dst))
+    _refuse_shared_outputs(images + videos)
     return images, sorted(videos)
 
 
-def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None):
-    """Stylizes [(source, destination)] image files in batches of equal size; returns a Summary.
+def _refuse_shared_outputs(jobs):
+    """ImageError naming every output two or more inputs would be written to."""
+    sources = collections.defaultdict(list)
+    for src, dst in jobs:
+        sources[dst].append(str(src))
+    clashes = [f"{' and '.join(srcs)} -> {dst}" for dst, srcs in sources.items() if len(srcs) > 1]
+    if clashes:
+        raise ImageError(f"{len(clashes)} output name{'s are' if len(clashes) > 1 else ' is'} shared by several "
+                         f"inputs ({'; '.join(clashes)}); rename one of each so no output overwrites "
+                         "another (nothing was written).")
+
+
+def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None, summary=None,
+                   stop=_NEVER_STOP):
+    """Stylizes [(source, destination)] image files in batches of equal size; returns a Summary
+    (`summary`, when given, is filled in instead).
 
     Each file that fails is logged (one error line) and listed in the Summary; the others are written.
+    A file whose header gives a size beyond the model's cap is refused before it is decoded.
 
     Images of one size are batched together (a batch must be one size); a few sizes are held at
     once and flushed when full, so memory stays bounded on folders of mixed sizes. adjust: a
-    --adjust_brightness mode (see `brightness_mode`).
+    --adjust_brightness mode (see `brightness_mode`). stop.check() runs before each file is read and
+    each batch is stylized, never between a batch and its writing (see `StopOnCtrlC`).
     """
     adjust = brightness_mode(adjust)
-    summary = Summary()
+    summary = Summary(inputs=len(jobs)) if summary is None else summary
     pending = collections.OrderedDict()  # (h, w) -> [(src, dst, image)]
     held = 0
 
     def flush(shape):
         nonlocal held
+        stop.check()
         items = pending.pop(shape)
         held -= len(items)
         try:
@@ -328,8 +438,9 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
             progress.update(len(items))
 
     for src, dst in jobs:
+        stop.check()
         try:
-            image = image_io.read_image(src)
+            image = image_io.read_image(src, check_size=stylizer.check_size)
             stylizer.check_size(image.shape[0], image.shape[1], str(src))
         except ImageError as e:
             _report_failure(summary, src, str(e))
@@ -348,21 +459,39 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
     return summary
 
 
-def _read_frames(capture, count):
-    frames = []
-    for _ in range(count):
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame[..., ::-1])
-    return frames
+class _FrameReader:
+    """RGB frames from an OpenCV capture. A frame that fails to decode before the announced count
+    (CAP_PROP_FRAME_COUNT) is skipped, not taken for the end: the frames after it are still read."""
+
+    def __init__(self, capture, expected):
+        self.capture, self.expected = capture, expected
+        self.attempts = self.read = self.bad_in_a_row = 0
+        self.done = False
+
+    def frames(self, count):
+        frames = []
+        while len(frames) < count and not self.done:
+            ok, frame = self.capture.read()
+            self.attempts += 1
+            if ok:
+                frames.append(frame[..., ::-1])
+                self.read += 1
+                self.bad_in_a_row = 0
+                continue
+            self.bad_in_a_row += 1
+            if self.attempts >= self.expected or self.bad_in_a_row >= MAX_BAD_FRAMES_IN_A_ROW:
+                self.done = True
+        return frames
 
 
-def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None):
+def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None,
+                  stop=_NEVER_STOP):
     """Stylizes a video frame by frame into destination (mp4v codec, same fps and size, no audio).
 
-    Written to a temporary file beside destination and moved into place only when complete.
-    Returns the number of frames written; raises ImageError on an unreadable video. adjust: a
+    Written to a temporary file beside destination and moved into place only when complete (a stop,
+    see `StopOnCtrlC`, between batches of frames leaves nothing behind). Returns (frames written,
+    frames announced by the container, 0 if it announces none); frames that fail to decode are
+    skipped, so the first number can be the smaller. Raises ImageError on an unreadable video. adjust: a
     --adjust_brightness mode (see `brightness_mode`), applied to each frame with its source frame
     (RGB both).
     """
@@ -391,8 +520,10 @@ def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, 
             if not writer.isOpened():
                 raise ImageError(f"OpenCV cannot write {destination}; use an .mp4 or .avi output.")
             written = 0
+            reader = _FrameReader(capture, total)
             while True:
-                frames = _read_frames(capture, batch_size)
+                stop.check()
+                frames = reader.frames(batch_size)
                 if not frames:
                     break
                 photos = np.stack(frames)
@@ -415,7 +546,7 @@ def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, 
                 os.unlink(tmp)
     finally:
         capture.release()
-    return written
+    return written, max(total, 0)
 
 
 def _same_file(a, b):
@@ -459,7 +590,9 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
 
     adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
     Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an unusable
-    --input, --output, --model or flag. Messages go to the "anime_gan.stylize" logger.
+    --input, --output, --model or flag, before anything is written. Messages go to the
+    "anime_gan.stylize" logger. Ctrl-C (in the main thread) stops once the batch in hand is written
+    and raises `Interrupted`, a KeyboardInterrupt holding the Summary of what was written.
     """
     from tqdm import tqdm
 
@@ -467,46 +600,61 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
     if batch_size < 1:
         raise ConfigError(f"--batch_size={batch_size} must be at least 1.")
     kind, destination = plan_output(input_path, output_path)
+    if kind == "video":
+        jobs, videos = [], [(pathlib.Path(input_path), destination)]
+    elif kind == "image":
+        jobs, videos = [(pathlib.Path(input_path), destination)], []
+    else:
+        jobs, videos = folder_jobs(input_path, destination)
+        if not jobs and not videos:
+            raise ImageError(f"--input={input_path} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)}) "
+                             f"and no videos ({', '.join(image_io.VIDEO_SUFFIXES)}).")
     stylizer = load_model(model, max_side=max_side)
+    summary = Summary(inputs=len(jobs) + len(videos))
     # disable=None: a bar on a terminal, none in logs and pipes.
     disable = None if show_progress is None else not show_progress
-    with tqdm(total=0, unit="img", disable=disable, file=sys.stderr, dynamic_ncols=True) as bar:
-        if kind == "video":
-            bar.unit = "frame"
-            summary = Summary()
-            _stylize_video_job(stylizer, input_path, destination, batch_size, adjust, summary, bar)
+    with StopOnCtrlC() as stop, tqdm(total=0, unit="img", disable=disable, file=sys.stderr,
+                                     dynamic_ncols=True) as bar:
+        try:
+            if kind == "video":
+                bar.unit = "frame"
+                _stylize_video_job(stylizer, videos[0][0], videos[0][1], batch_size, adjust, summary, bar, stop)
+                return summary
+            if videos:
+                bar.unit = "file"
+            bar.reset(total=len(jobs) + len(videos))
+            stylize_images(stylizer, jobs, batch_size, adjust, progress=bar, summary=summary, stop=stop)
+            for src, dst in videos:
+                # Frames on a second bar under the files' bar.
+                with tqdm(total=0, unit="frame", desc=src.name, disable=disable, leave=False, position=1,
+                          file=sys.stderr, dynamic_ncols=True) as frames:
+                    _stylize_video_job(stylizer, src, dst, batch_size, adjust, summary, frames, stop)
+                bar.update(1)
             return summary
-        if kind == "image":
-            jobs, videos = [(pathlib.Path(input_path), destination)], []
-        else:
-            jobs, videos = folder_jobs(input_path, destination)
-            if not jobs and not videos:
-                raise ImageError(f"--input={input_path} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)}) "
-                                 f"and no videos ({', '.join(image_io.VIDEO_SUFFIXES)}).")
-        if videos:
-            bar.unit = "file"
-        bar.reset(total=len(jobs) + len(videos))
-        summary = stylize_images(stylizer, jobs, batch_size, adjust, progress=bar)
-        for src, dst in videos:
-            # Frames on a second bar under the files' bar.
-            with tqdm(total=0, unit="frame", desc=src.name, disable=disable, leave=False, position=1,
-                      file=sys.stderr, dynamic_ncols=True) as frames:
-                _stylize_video_job(stylizer, src, dst, batch_size, adjust, summary, frames)
-            bar.update(1)
-        return summary
+        except KeyboardInterrupt:
+            raise Interrupted(summary) from None
 
 
-def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summary, progress):
+def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summary, progress, stop=_NEVER_STOP):
     """stylize_video, its outcome recorded in summary and logged in one line."""
     try:
-        frames = stylize_video(stylizer, source, destination, batch_size, adjust, progress=progress)
+        frames, expected = stylize_video(stylizer, source, destination, batch_size, adjust, progress=progress,
+                                         stop=stop)
     except ImageError as e:
         _report_failure(summary, source, str(e))
     except OSError as e:
         _report_failure(summary, source, f"cannot write {destination}: {e.strerror or e}")
     else:
         summary.written.append(str(destination))
-        log.info("wrote %d frames to %s (audio is not copied)", frames, destination)
+        if frames < expected:
+            missing = expected - frames
+            reason = (f"{source}: {missing} of its {expected} frames could not be decoded (corrupt or cut short); "
+                      f"{destination} has the other {frames}, so it is {missing} frame{'s' if missing != 1 else ''} "
+                      "short.")
+            summary.incomplete.append((str(source), reason))
+            log.warning("%s", reason)
+        else:
+            log.info("wrote %d frames to %s (audio is not copied)", frames, destination)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,13 +723,16 @@ def main(argv):
     if len(argv) > 1:
         hint = (f"; write --adjust_brightness={argv[1]}" if argv[1] in BRIGHTNESS_MODES else "")
         raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}{hint}; flags are written --name=value.")
-    summary = run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
-                  FLAGS.max_side)
-    n_ok, n_bad = len(summary.written), len(summary.failed)
-    if n_bad:
-        log.warning("stylized %d of %d inputs; %d failed (listed above): %s%s", n_ok, n_ok + n_bad, n_bad,
-                    ", ".join(p for p, _ in summary.failed[:5]), " ..." if n_bad > 5 else "")
+    try:
+        summary = run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
+                      FLAGS.max_side)
+    except Interrupted as stopped:
+        log.warning("%s", stopped.sentence())
+        raise  # `anime_gan.cli.run` says "interrupted (Ctrl-C)" and exits with 130
+    if not summary.ok:
+        log.warning("%s.", summary.sentence())
         return EXIT_FAILED
+    n_ok = len(summary.written)
     where = summary.written[0] if n_ok == 1 else FLAGS.output
     print(f"stylized {n_ok} input{'s' if n_ok != 1 else ''} into {where}")
     return 0

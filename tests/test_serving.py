@@ -16,6 +16,7 @@ import tensorflow as tf
 from anime_gan.generator import Generator
 from anime_gan.official_graph import OfficialGenerator
 from anime_gan.serving import StylizeModule, export_saved_model
+from huge_png import black_png, header_only_png
 from stylize_helpers import ENV, REPO, max_diff, reference_stylize, seeded_generator, textured, to_uint8
 
 MAX_SIDE = 520  # below the default, so the cap is exercised with small requests
@@ -126,23 +127,140 @@ def test_stylize_bytes_accepts_gray_rgba_and_16_bit(loaded, generator):
         ("images", np.zeros((1, 1, 1, 3), np.uint8), "each side must be at least 8 pixels"),
         ("images", np.zeros((2, 7, 40, 3), np.uint8), "image is 7x40"),
         ("images", np.zeros((1, 16, MAX_SIDE + 1, 3), np.uint8), f"each side must be at most {MAX_SIDE} pixels"),
-        ("bytes", [b"this is not an image"], "Unknown image file format"),
+        ("bytes", [b"this is not an image"],
+         "an element of image_bytes is not a JPEG, PNG, GIF, BMP or WebP file (its first bytes say so); "
+         "send the bytes of the image file as they are on disk."),
         ("bytes", [b""], "is empty (0 bytes)"),
         ("bytes", "one_by_one_png", "each side must be at least 8 pixels"),
         ("bytes", "over_cap_png", f"each side must be at most {MAX_SIDE} pixels"),
+        # The signature declares no shape and servers enforce none: the graph answers in one sentence.
+        ("images", np.zeros((16, 16, 3), np.uint8),
+         "images must be a batch of shape [N, H, W, 3] (rank 4), not rank 3; send one image as [1, H, W, 3]."),
+        ("images", np.zeros((1, 1, 16, 16, 3), np.uint8), "images must be a batch of shape [N, H, W, 3] (rank 4), not rank 5"),
+        ("images", np.zeros((1, 16, 16, 4), np.uint8),
+         "images must have 3 channels (RGB) in their last dimension, not 4; convert gray or RGBA images to RGB."),
+        ("images", np.zeros((0, 4, 16, 3), np.uint8), "image is 4x16 pixels"),  # the size rule holds for N = 0
+        # Refused from the header: the file has no pixel data, so a decoder could not have read the size.
+        ("bytes", [header_only_png(20000, 20000)],
+         f"image is 20000x20000 pixels (height x width); each side must be at most {MAX_SIDE} pixels"),
+        ("bytes", "good_then_huge", "image is 20000x20000 pixels"),
     ],
 )
 def test_bad_requests_are_invalid_argument_and_the_model_keeps_serving(loaded, request_kind, payload, message):
+    from anime_gan.stylize import model_error_message
+
     if isinstance(payload, str) and payload == "one_by_one_png":
         payload = [encode(np.zeros((1, 1, 3), np.uint8), ".png")]
     elif isinstance(payload, str) and payload == "over_cap_png":
         payload = [encode(np.zeros((MAX_SIDE + 1, 8, 3), np.uint8), ".png")]
+    elif isinstance(payload, str) and payload == "good_then_huge":
+        payload = [encode(textured((12, 16, 3), seed=3), ".png"), header_only_png(20000, 20000)]
     call = serve if request_kind == "images" else serve_bytes
-    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)) as caught:
         call(loaded, payload)
+    sentence = model_error_message(caught.value)  # what `anime_gan.stylize` shows of it
+    assert message in sentence and sentence.endswith(".") and not re.search(r"\.\s+[A-Z]", sentence), sentence
     good = textured((1, 12, 16, 3), seed=12)
     first, again = serve(loaded, good), serve(loaded, good)
     assert first.shape == good.shape and np.array_equal(first, again)
+
+
+def test_an_empty_batch_gives_an_empty_batch_of_the_same_size(loaded, generator):
+    from anime_gan import stylize
+
+    out = serve(loaded, np.zeros((0, 12, 17, 3), np.uint8))
+    assert out.shape == (0, 12, 17, 3) and out.dtype == np.uint8
+    assert stylize.stylize(np.zeros((0, 12, 17, 3), np.uint8), model=generator).shape == (0, 12, 17, 3)
+    good = textured((1, 12, 16, 3), seed=13)
+    assert max_diff(serve(loaded, good), reference_stylize(generator, good)) <= 1
+
+
+def with_size(blob, fmt, height, width):
+    """An encoded image whose header says height x width (its pixel data unchanged)."""
+    import struct
+    import zlib
+
+    data = bytearray(blob)
+    if fmt == "PNG":  # the IHDR chunk's width and height, and its CRC
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    elif fmt == "GIF":
+        data[6:10] = struct.pack("<HH", width, height)
+    elif fmt == "BMP":
+        data[18:26] = struct.pack("<ii", width, height)
+    elif fmt == "WEBP":  # lossy VP8: 14-bit width and height after the start code
+        assert data[12:16] == b"VP8 " and data[23:26] == b"\x9d\x01\x2a"
+        data[26:30] = struct.pack("<HH", width, height)
+    elif fmt == "JPEG":  # the baseline start-of-frame segment: FFC0, length, precision, height, width
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+        # Cut after the start-of-scan header: libjpeg would otherwise decode the few pixels there
+        # are into a 9000x7000 image; now a decoder fails, and only the header says the size.
+        sos = data.index(b"\xff\xda")
+        del data[sos + 2 + struct.unpack(">H", data[sos + 2:sos + 4])[0]:]
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt, options", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}), ("GIF", {}),
+                                          ("BMP", {}), ("WEBP", {}), ("WEBP", {"lossless": True}),
+                                          ("WEBP", {"mode": "RGBA"})])
+def test_the_graph_reads_the_size_from_the_header(fmt, options):
+    """`encoded_image_size` against Pillow and `data_prep.image_header` on real files, without decoding."""
+    from PIL import Image
+
+    from anime_gan.serving import encoded_image_size
+    from data_prep.image_header import image_size
+
+    image = Image.fromarray(textured((37, 53, 4 if options.get("mode") == "RGBA" else 3), seed=19))
+    buf = io.BytesIO()
+    image.save(buf, fmt, **{k: v for k, v in options.items() if k != "mode"})
+    blob = buf.getvalue()
+    size = tuple(int(v) for v in encoded_image_size(tf.constant(blob)))
+    assert size == (37, 53) == image_size(blob) == Image.open(io.BytesIO(blob)).size[::-1]
+    assert tuple(int(v) for v in encoded_image_size(tf.constant(b"not an image at all, no"))) == (-1, -1)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP"])
+def test_huge_headers_of_every_format_are_refused_before_decoding(loaded, fmt):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(textured((16, 24, 3), seed=20)).save(buf, fmt)
+    blob = with_size(buf.getvalue(), fmt, 9000, 7000)
+    assert Image.open(io.BytesIO(blob)).size == (7000, 9000)  # what the file now claims, read by Pillow
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+            f"image is 9000x7000 pixels (height x width); each side must be at most {MAX_SIDE} pixels")):
+        serve_bytes(loaded, [blob])
+
+
+def test_a_huge_png_request_is_refused_without_decoding_it(saved_model_dir, tmp_path):
+    """A real 20000x20000 PNG (1.2 MB, all black; 1.2 GB of pixels) sent to `stylize_bytes`: refused
+    with the size sentence, and the process's peak RSS does not grow (a decode would add >= 1.2 GB)."""
+    (tmp_path / "huge.png").write_bytes(black_png(20000, 20000))
+    (tmp_path / "small.png").write_bytes(encode(textured((12, 16, 3), seed=21), ".png"))
+    script = textwrap.dedent(
+        f"""
+        import resource
+        import tensorflow as tf
+        fn = tf.saved_model.load({str(saved_model_dir)!r}).signatures["stylize_bytes"]
+        def send(name):
+            return fn(image_bytes=tf.constant([open(name, "rb").read()]))
+        send("small.png")  # traced, warmed up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            send("huge.png")
+        except tf.errors.InvalidArgumentError as e:
+            print("refused:", e.message)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print("peak grew by KiB:", after - before)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"image is 20000x20000 pixels (height x width); each side must be at most {MAX_SIDE} pixels" in proc.stdout
+    grew_kib = int(re.search(r"peak grew by KiB: (\d+)", proc.stdout).group(1))
+    assert grew_kib < 50 * 1024, proc.stdout
 
 
 def test_float16_policy_generator_is_served_in_float32(generator):
