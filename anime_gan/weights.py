@@ -23,6 +23,7 @@ generator), each one sentence; a failure of another kind is a bug and is not rew
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -50,6 +51,7 @@ ACCEPTED_FORMS = (
 # The architecture travels with the weights: our .weights.h5 files carry it as an HDF5 attribute; any
 # other form (TF1 names, older files, training checkpoints, SavedModels) is told by its variables.
 ARCH_ATTRIBUTE = "anime_gan_arch"
+OPTIONS_ATTRIBUTE = "anime_gan_options"  # JSON of the constructor arguments that differ from the official net
 ARCH_BY_VARIABLE_COUNT = {C.GENERATOR_VARIABLES: "v1", C.GENERATOR_V2_VARIABLES: "v2"}
 ARCH_LABEL = {"v1": "AnimeGAN (v1)", "v2": "AnimeGANv2"}
 
@@ -71,6 +73,9 @@ def save_generator(generator, directory):
 
         with h5py.File(tmp, "a") as f:
             f.attrs[ARCH_ATTRIBUTE] = getattr(generator, "arch", "v1")
+            options = generator.options() if hasattr(generator, "options") else {}
+            if options:
+                f.attrs[OPTIONS_ATTRIBUTE] = json.dumps(options, sort_keys=True)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -96,6 +101,17 @@ def tf1_arch(names):
     if not v1 and not v2:
         raise ModelError("this checkpoint holds no generator/G_MODEL variables of AnimeGAN or AnimeGANv2.")
     return "v2" if v2 > v1 else "v1"
+
+
+def weights_file_options(path):
+    """The generator options stored in one of our .weights.h5 files ({} for the official network)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs[OPTIONS_ATTRIBUTE]) if OPTIONS_ATTRIBUTE in f.attrs else {}
+    except OSError:
+        return {}  # weights_file_arch has said why the file cannot be read
 
 
 def weights_file_arch(path):
@@ -169,7 +185,10 @@ def read_tf1_checkpoint(prefix):
         )
     names = [n for n in reader.get_variable_to_shape_map() if n.startswith("generator/")]
     names = [n for n in names if "/Adam" not in n]
-    return {n: reader.get_tensor(n) for n in names}
+    try:
+        return {n: reader.get_tensor(n) for n in names}
+    except (tf.errors.OpError, IndexError) as e:  # a truncated or damaged .data shard
+        raise ModelError(f"cannot read the TF1 checkpoint {prefix}: {_first_line(e)}.") from None
 
 
 def tf1_to_generator(values, generator=None):
@@ -315,8 +334,13 @@ def newest_checkpoint(directory):
 
 def resolve_model(path):
     """A ModelSource for any accepted form of path (see the module docstring), or a one-sentence
-    PathNotFoundError / ModelError saying what was looked for."""
-    path = pathlib.Path(os.fspath(path)).expanduser()
+    PathNotFoundError / ModelError saying what was looked for.
+
+    A name of the official weights (`anime_gan.pretrained.CATALOGUE`, e.g. hayao-v2) that is no path
+    on disk resolves to its downloaded folder (DIR/NAME, see `anime_gan.pretrained`); before it is
+    downloaded, the error names the command that downloads it."""
+    name = os.fspath(path)
+    path = pathlib.Path(name).expanduser()
     # A checkpoint's own file named instead of its prefix.
     match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path.name)
     if match and path.is_file():
@@ -350,6 +374,10 @@ def resolve_model(path):
         if path.name.endswith(".weights.h5"):
             return ModelSource("weights", path)
         raise ModelError(f"{path} is not a model file; pass {ACCEPTED_FORMS}.")
+    from anime_gan import pretrained  # the catalogue of official weights, needed only here
+
+    if name in pretrained.CATALOGUE:
+        return resolve_model(pretrained.installed_folder(name))
     raise PathNotFoundError(f"no model at {path} (nothing by that name, nor {path}.index); pass {ACCEPTED_FORMS}.")
 
 
@@ -363,7 +391,9 @@ def load_generator(path, policy=None):
     run were used is logged (INFO, "note: ...").
     """
     source = resolve_model(path)
-    generator = build_generator(policy, arch=source_arch(source))
+    arch = source_arch(source)
+    options = weights_file_options(source.path) if source.kind == "weights" else {}
+    generator = build_generator(policy, arch=arch, **options)
     if source.kind == "tf1_checkpoint":
         tf1_to_generator(read_tf1_checkpoint(source.path), generator)
     elif source.kind == "tf2_checkpoint":
