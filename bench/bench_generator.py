@@ -1,5 +1,5 @@
-"""Generator inference: ours (tf.function, with and without XLA, float32 and bfloat16) against the
-official TF1 graph in the same process, with achieved GFLOP/s against a measured matmul peak.
+"""Generator inference: ours (tf.function, with and without XLA, float32 and bfloat16; AnimeGAN and
+AnimeGANv2) against the official (v1) TF1 graph in the same process, with achieved GFLOP/s against a measured matmul peak.
 
     python -m bench.bench_generator          # prints JSON rows
 
@@ -68,6 +68,13 @@ def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
     values = random_official_weights(shapes, seed=0)
     g32 = make_generator("float32", values)
     gbf16 = make_generator("mixed_bfloat16", values)
+    # AnimeGANv2 (random weights, seeded; the same weights under both policies).
+    from anime_gan.generator import build_generator
+
+    keras.utils.set_random_seed(0)
+    v2_32 = build_generator("float32", arch="v2")
+    v2_bf16 = build_generator("mixed_bfloat16", arch="v2")
+    v2_bf16.set_weights(v2_32.get_weights())
     official = None
     if OFFICIAL_META.exists():
         official = OfficialGenerator(OFFICIAL_META)
@@ -79,10 +86,13 @@ def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
         large = h * w > 256 * 256
         x = np.random.default_rng(0).uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
         flops = generator_flops(g32, h, w)
+        flops_v2 = generator_flops(v2_32, h, w)
         spec = [tf.TensorSpec([1, h, w, 3], tf.float32)]
         fns = {
             "ours float32": tf.function(g32.call, input_signature=spec),
             "ours bfloat16": tf.function(gbf16.call, input_signature=spec),
+            "ours v2 float32": tf.function(v2_32.call, input_signature=spec),
+            "ours v2 bfloat16": tf.function(v2_bf16.call, input_signature=spec),
         }
         timed = {name: (lambda f=f: f(x).numpy()) for name, f in fns.items()}
         if official is not None:
@@ -96,9 +106,11 @@ def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
                 nx = xla_repeats or (1 if large else 3)
                 times.update(interleaved_timings({name: lambda f=fns[name]: f(x).numpy()}, repeats=nx, warmup=1))
         ref32 = fns["ours float32"](x).numpy()
+        ref32_v2 = fns["ours v2 float32"](x).numpy()
         for name, (ms, cpu_ms) in times.items():
             dtype = "bfloat16" if "bfloat16" in name else "float32"
-            gflops = flops / (ms / 1000.0) / 1e9
+            v2 = " v2 " in name
+            gflops = (flops_v2 if v2 else flops) / (ms / 1000.0) / 1e9
             row = {
                 "case": f"{name} {w}x{h}",
                 "median_ms": round(ms, 1),
@@ -111,12 +123,16 @@ def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
             if name.startswith("ours bfloat16"):
                 row["speedup_vs_ours_float32"] = round(times["ours float32"][0] / ms, 2)
                 row["psnr_vs_float32_db"] = round(psnr_db(ref32, fns[name](x).numpy()), 1)
+            if name == "ours v2 bfloat16":
+                row["speedup_vs_ours_v2_float32"] = round(times["ours v2 float32"][0] / ms, 2)
+                row["psnr_vs_v2_float32_db"] = round(psnr_db(ref32_v2, fns[name](x).numpy()), 1)
             if name == "ours float32 XLA":
                 row["max_abs_diff_vs_ours_float32"] = float(np.abs(fns[name](x).numpy() - ref32).max())
             if name == "official graph":
                 row["max_abs_diff_vs_ours_float32"] = float(np.abs(official(x) - ref32).max())
             rows.append(row)
-        rows.append({"case": f"FLOPs of G at {w}x{h}", "gflop": round(flops / 1e9, 2)})
+        rows.append({"case": f"FLOPs of G at {w}x{h}", "gflop": round(flops / 1e9, 2),
+                     "v2_gflop": round(flops_v2 / 1e9, 2)})
     rows.append({"case": "matmul peak 2048^3", "float32_gflops": round(peak["float32"], 1),
                  "bfloat16_gflops": round(peak["bfloat16"], 1)})
     if official is not None:
