@@ -58,3 +58,11 @@ bench: $(VENV)/.installed  ## benchmarks: prints markdown tables, writes bench/r
 
 profile: $(VENV)/.installed  ## TensorBoard profile of the generator (official graph vs ours), op-type table (ARGS="--size=720x1280")
 	$(PY) -m bench.profile_generator $(ARGS)
+
+# The PyTorch port's .pt weights (anime_gan.torch_weights) are read without torch; their tests compare
+# against a real PyTorch model, so torch (CPU) is installed into .venv for them only, if missing.
+TORCH_PACKAGE ?= torch==2.13.*
+.PHONY: test-torch
+test-torch: $(VENV)/.installed  ## the PyTorch-port weight tests (installs torch into .venv if missing)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet '$(TORCH_PACKAGE)'
+	$(PY) -m pytest -q -m "not slow" tests/test_torch_weights.py $(PYTEST_ARGS)

@@ -167,8 +167,12 @@ def generate(generator, x):
     """G on one batch of one size: float32 [N, H, W, 3] in [-1, 1] -> the same shape, any H and W >= MIN_SIDE.
 
     The one place the served graph runs the generator (a bounded-memory executor may replace it).
-    Padded at the bottom and right to the next multiple of GENERATOR_STRIDE and cropped back.
+    Padded at the bottom and right to the next multiple of GENERATOR_STRIDE and cropped back; a v2
+    generator in the PyTorch port's align-corners mode keeps any size itself and resizes to the
+    recorded sizes, so padding would move its resize grid: it runs on the image as it is.
     """
+    if getattr(generator, "resize", "tf1") == "align_corners":
+        return generator(x)
     height, width = tf.shape(x)[1], tf.shape(x)[2]
     pad_h = (-height) % C.GENERATOR_STRIDE
     pad_w = (-width) % C.GENERATOR_STRIDE

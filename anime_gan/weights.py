@@ -10,7 +10,8 @@
    checkpoint (its `checkpoint` file names it) is read the same way;
 4. a training checkpoint prefix such as `<run>/ckpt-12` (TF2, object-based);
 5. a `.weights.h5` file;
-6. an official TF1 checkpoint prefix (`.index` + `.data-*`, name-based).
+6. an official TF1 checkpoint prefix (`.index` + `.data-*`, name-based);
+7. a `.pt` weights file of the PyTorch port of AnimeGANv2 (read without PyTorch: anime_gan.torch_weights).
 
 TF2 and TF1 checkpoints are told apart by the `_CHECKPOINTABLE_OBJECT_GRAPH` entry only TF2 writes.
 When a run folder or a training checkpoint is read, one line (logged, INFO; the commands show it on
@@ -45,7 +46,7 @@ TF2_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 (object-base
 ACCEPTED_FORMS = (
     "a SavedModel folder, a folder holding generator.weights.h5, a training run folder (its "
     f"{RUN_WEIGHTS}, else its newest ckpt-N), a training checkpoint prefix such as run/ckpt-12, "
-    "a .weights.h5 file or an official TF1 checkpoint prefix"
+    "a .weights.h5 file, an official TF1 checkpoint prefix or a .pt file of the PyTorch port"
 )
 
 # The architecture travels with the weights: our .weights.h5 files carry it as an HDF5 attribute; any
@@ -149,6 +150,8 @@ def source_arch(source):
         return tf1_arch(tf.train.load_checkpoint(str(source.path)).get_variable_to_shape_map())
     if source.kind == "tf2_checkpoint":
         return _counted_arch(source.path, "generator_weights", f"the training checkpoint {source.path}")
+    if source.kind == "torch":
+        return "v2"  # the PyTorch port (bryandlee/animegan2-pytorch) is AnimeGANv2's generator
     if source.kind == "saved_model":
         return _counted_arch(source.path / "variables" / "variables", "generator_variables",
                              f"the SavedModel at {source.path}")
@@ -285,7 +288,7 @@ def restore_saved_model(directory, generator):
 # ---- what a path holds -----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """What `resolve_model` found: kind is saved_model | weights | tf2_checkpoint | tf1_checkpoint.
+    """What `resolve_model` found: kind is saved_model | weights | tf2_checkpoint | tf1_checkpoint | torch.
 
     `note` says how a folder was resolved (empty when the path named the model itself, as the
     user expects); `load_generator` logs it.
@@ -373,6 +376,8 @@ def resolve_model(path):
     if path.is_file():
         if path.name.endswith(".weights.h5"):
             return ModelSource("weights", path)
+        if path.suffix in (".pt", ".pth"):
+            return ModelSource("torch", path)
         raise ModelError(f"{path} is not a model file; pass {ACCEPTED_FORMS}.")
     from anime_gan import pretrained  # the catalogue of official weights, needed only here
 
@@ -391,6 +396,10 @@ def load_generator(path, policy=None):
     run were used is logged (INFO, "note: ...").
     """
     source = resolve_model(path)
+    if source.kind == "torch":
+        from anime_gan.torch_weights import load_torch_generator
+
+        return load_torch_generator(source.path, policy=policy)
     arch = source_arch(source)
     options = weights_file_options(source.path) if source.kind == "weights" else {}
     generator = build_generator(policy, arch=arch, **options)

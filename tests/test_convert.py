@@ -89,7 +89,7 @@ def test_an_incomplete_animeganv2_checkpoint_is_refused(tmp_path):
 
 def test_missing_paths_say_what_to_pass(tmp_path):
     with pytest.raises(PathNotFoundError, match="no model at .*nothing.weights.h5 .*; pass a SavedModel folder, "
-                                                ".* a .weights.h5 file or an official TF1 checkpoint prefix"):
+                                                ".* a .weights.h5 file, an official TF1 checkpoint prefix or a .pt file"):
         load_generator(tmp_path / "nothing.weights.h5")
     with pytest.raises(PathNotFoundError, match="no model in .*: looked for saved_model.pb, generator.weights.h5, "
                                                 "a training run's generator/generator.weights.h5 and a checkpoint"):

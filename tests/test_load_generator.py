@@ -158,7 +158,7 @@ def test_anything_else_is_refused_in_one_sentence(run, tmp_path):
 
     accepted = ("pass a SavedModel folder, a folder holding generator.weights.h5, a training run folder (its "
                 "generator/generator.weights.h5, else its newest ckpt-N), a training checkpoint prefix such as "
-                "run/ckpt-12, a .weights.h5 file or an official TF1 checkpoint prefix.")
+                "run/ckpt-12, a .weights.h5 file, an official TF1 checkpoint prefix or a .pt file of the PyTorch port.")
     with pytest.raises(PathNotFoundError) as info:
         load_generator(run_dir / "ckpt-9")
     assert str(info.value) == f"no model at {run_dir / 'ckpt-9'} (nothing by that name, nor {run_dir / 'ckpt-9'}.index); {accepted}"
