@@ -96,6 +96,8 @@ class AnimeGAN(keras.Model):
         con_weight=C.CON_WEIGHT,
         sty_weight=C.STY_WEIGHT,
         color_weight=C.COLOR_WEIGHT,
+        tv_weight=0.0,
+        d_term_weights=L.V1_D_TERM_WEIGHTS,
         ld=C.GP_WEIGHT,
         seed=0,
         name="anime_gan",
@@ -112,6 +114,8 @@ class AnimeGAN(keras.Model):
         self.con_weight = float(con_weight)
         self.sty_weight = float(sty_weight)
         self.color_weight = float(color_weight)
+        self.tv_weight = float(tv_weight)  # AnimeGANv2's total-variation term (0: v1, not computed)
+        self.d_term_weights = tuple(float(w) for w in d_term_weights)  # real, gray, fake, smooth
         self.ld = float(ld)
         # The only randomness of a step: the gradient penalty's interpolation (and dragan's noise).
         # A tf.random.Generator so that its state is checkpointed with the model.
@@ -179,7 +183,8 @@ class AnimeGAN(keras.Model):
             fake = self.discriminator(generated, training=False)
             gp = self._gradient_penalty(anime, generated)
             smooth = self.discriminator(smooth_gray, training=True)
-            parts = L.discriminator_adv_loss(real, gray, fake, smooth, gan_type=self.gan_type)
+            parts = L.discriminator_adv_loss(real, gray, fake, smooth, gan_type=self.gan_type,
+                                             term_weights=self.d_term_weights)
             d_loss = L.discriminator_loss(parts["d_adv"], gp, d_adv_weight=self.d_adv_weight)
             scaled = _scaled(self.d_optimizer, d_loss)
         grads = tape.gradient(scaled, d_vars)
@@ -205,15 +210,18 @@ class AnimeGAN(keras.Model):
             content = L.content_loss(vgg_photo, vgg_generated)
             style = L.style_loss(vgg_anime_gray, vgg_generated)
             color = L.color_loss(photo, generated)
+            tv = L.total_variation_loss(generated) if self.tv_weight else None
             g_loss = L.generator_loss(
                 g_adv, content, style, color,
                 g_adv_weight=self.g_adv_weight, con_weight=self.con_weight,
                 sty_weight=self.sty_weight, color_weight=self.color_weight,
+                tv=0.0 if tv is None else tv, tv_weight=self.tv_weight,
             )
             scaled = _scaled(self.g_optimizer, g_loss)
         grads = tape.gradient(scaled, g_vars)
         self.g_optimizer.apply_gradients(zip(grads, g_vars))
-        return {**d_losses, "g_adv": g_adv, "content": content, "style": style, "color": color,
+        tv_part = {} if tv is None else {"tv": tv}
+        return {**d_losses, "g_adv": g_adv, "content": content, "style": style, "color": color, **tv_part,
                 "g_loss": g_loss}
 
     def train_step(self, data):

@@ -34,6 +34,13 @@ HELP = {
     "con_weight": "Weight of the content loss (init and GAN phase).",
     "sty_weight": "Weight of the grayscale style (Gram) loss.",
     "color_weight": "Weight of the colour (YUV) loss.",
+    "tv_weight": "Weight of AnimeGANv2's total-variation loss on G(p) (0 in v1; 1 in the v2 code).",
+    "d_real_weight": "Weight of D's term on colour anime (should read real).",
+    "d_gray_weight": "Weight of D's term on grayscale anime (should read fake).",
+    "d_fake_weight": "Weight of D's term on G(p) (should read fake).",
+    "d_smooth_weight": "Weight of D's term on grayscale edge-smoothed anime (should read fake).",
+    "arch": f"Generator architecture: {' | '.join(C.ARCHITECTURES)} (v2 = AnimeGANv2, with a layer-norm "
+            "discriminator; configs/*_v2.cfg hold its official recipe).",
     "training_rate": "G updates per D update: D is updated on the first of every training_rate GAN steps.",
     "gan_type": f"Adversarial loss: {' | '.join(C.GAN_TYPES)}.",
     "ld": "Gradient penalty weight (wgan-gp, wgan-lp, dragan).",

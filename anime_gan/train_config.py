@@ -29,6 +29,9 @@ class TrainConfig:
     log_dir: str = ""  # default: <checkpoint_dir>/logs
     sample_dir: str = ""  # default: <checkpoint_dir>/samples
     vgg_weights: str = "auto"
+    # The architecture: v1 (AnimeGAN) or v2 (AnimeGANv2: its generator, a layer-norm D and the
+    # weights below; configs/*_v2.cfg hold the official v2 recipe).
+    arch: str = "v1"
     # The original's hyper-parameters (official code defaults).
     epoch: int = 101
     init_epoch: int = 5
@@ -41,6 +44,12 @@ class TrainConfig:
     con_weight: float = C.CON_WEIGHT
     sty_weight: float = C.STY_WEIGHT
     color_weight: float = C.COLOR_WEIGHT
+    tv_weight: float = 0.0  # AnimeGANv2's total-variation loss on G(p) (1.0 in its code)
+    # D's adversarial terms: D(anime) real, D(grayscale anime), D(G(p)), D(smoothed anime) fake.
+    d_real_weight: float = 1.0
+    d_gray_weight: float = 1.0
+    d_fake_weight: float = 1.0
+    d_smooth_weight: float = C.SMOOTH_D_WEIGHT
     training_rate: int = 1
     gan_type: str = "lsgan"
     ld: float = C.GP_WEIGHT
@@ -91,7 +100,9 @@ def validate_config(cfg: TrainConfig, require_data: bool = True) -> None:
     for name in ("init_lr", "g_lr", "d_lr"):
         value = getattr(cfg, name)
         need(math.isfinite(value) and value > 0, f"--{name} must be a positive number (got {value}).")
-    for name in ("g_adv_weight", "d_adv_weight", "con_weight", "sty_weight", "color_weight", "ld"):
+    need(cfg.arch in C.ARCHITECTURES, f"--arch must be one of {', '.join(C.ARCHITECTURES)} (got {cfg.arch!r}).")
+    for name in ("g_adv_weight", "d_adv_weight", "con_weight", "sty_weight", "color_weight", "ld", "tv_weight",
+                 "d_real_weight", "d_gray_weight", "d_fake_weight", "d_smooth_weight"):
         value = getattr(cfg, name)
         need(math.isfinite(value) and value >= 0, f"--{name} must be a number >= 0 (got {value}).")
     need(cfg.training_rate >= 1, f"--training_rate (G updates per D update) must be at least 1 "
