@@ -34,6 +34,20 @@ class _Scope(_Block):
         return x
 
 
+def tf1_variable_map(generator, out_kernel_name):
+    """{official variable name: variable} of a generator: its scopes' blocks plus the output kernel."""
+    if not generator.built:
+        generator.build()
+    mapping = {C.TF1_SCOPE + out_kernel_name: generator.out_kernel}
+    for scope in generator.scopes:
+        for name, var in scope.tf1_names():
+            full = C.TF1_SCOPE + scope.tf1_prefix + name
+            if full in mapping:
+                raise AssertionError(f"duplicate TF1 name {full}")
+            mapping[full] = var
+    return mapping
+
+
 def _sublayers(layer):
     yield layer
     for child in layer._blocks():
@@ -113,16 +127,7 @@ class Generator(keras.Model):
 
     def tf1_variable_map(self):
         """{official variable name: our variable}, all 129 of them."""
-        if not self.built:
-            self.build()
-        mapping = {C.TF1_SCOPE + "Conv/weights": self.out_kernel}
-        for scope in self.scopes:
-            for name, var in scope.tf1_names():
-                full = C.TF1_SCOPE + scope.tf1_prefix + name
-                if full in mapping:
-                    raise AssertionError(f"duplicate TF1 name {full}")
-                mapping[full] = var
-        return mapping
+        return tf1_variable_map(self, "Conv/weights")
 
 
 def generator_class(arch="v1"):

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.generator import _Scope
+from anime_gan.generator import _Scope, tf1_variable_map
 from anime_gan.layers import ConvLayerNormLReLU, InvertedResBlockV2, UpsampleV2, _variance_scaling
 
 ARCH = "v2"
@@ -98,13 +98,4 @@ class GeneratorV2(keras.Model):
 
     def tf1_variable_map(self):
         """{official variable name: our variable}, all 77 of them."""
-        if not self.built:
-            self.build()
-        mapping = {C.TF1_SCOPE + "out_layer/Conv/weights": self.out_kernel}
-        for scope in self.scopes:
-            for name, var in scope.tf1_names():
-                full = C.TF1_SCOPE + scope.tf1_prefix + name
-                if full in mapping:
-                    raise AssertionError(f"duplicate TF1 name {full}")
-                mapping[full] = var
-        return mapping
+        return tf1_variable_map(self, "out_layer/Conv/weights")

@@ -108,10 +108,10 @@ class _Block(keras.layers.Layer):
         return []
 
 
-class InstanceNorm(_Block):
-    """Learned gamma/beta instance norm (gamma 1, beta 0 at init)."""
+class _LearnedNorm(_Block):
+    """A norm with learned gamma/beta [C] (gamma 1, beta 0 at init); subclasses say over what."""
 
-    def __init__(self, tf1_prefix, epsilon=C.IN_EPSILON, **kwargs):
+    def __init__(self, tf1_prefix, epsilon, **kwargs):
         super().__init__(**kwargs)
         self.tf1_prefix = tf1_prefix
         self.epsilon = epsilon
@@ -120,6 +120,13 @@ class InstanceNorm(_Block):
         c = input_shape[-1]
         self.gamma = self._weight("gamma", (c,), "ones")
         self.beta = self._weight("beta", (c,), "zeros")
+
+
+class InstanceNorm(_LearnedNorm):
+    """Instance norm (per sample and channel, over H and W), as the official v1 graph computes it."""
+
+    def __init__(self, tf1_prefix, epsilon=C.IN_EPSILON, **kwargs):
+        super().__init__(tf1_prefix, epsilon, **kwargs)
 
     def call(self, x):
         return instance_norm(x, self.gamma, self.beta, self.epsilon)
@@ -305,18 +312,11 @@ def v2_padding(kernel_size, strides):
     return p, p, p, p
 
 
-class LayerNorm(_Block):
-    """Learned gamma/beta [C] layer norm over H, W and C (gamma 1, beta 0 at init), eps 1e-12."""
+class LayerNorm(_LearnedNorm):
+    """v2's layer norm (per sample, over H, W and C; gamma/beta [C]), eps 1e-12."""
 
     def __init__(self, tf1_prefix, epsilon=C.LN_EPSILON, **kwargs):
-        super().__init__(**kwargs)
-        self.tf1_prefix = tf1_prefix
-        self.epsilon = epsilon
-
-    def build(self, input_shape):
-        c = input_shape[-1]
-        self.gamma = self._weight("gamma", (c,), "ones")
-        self.beta = self._weight("beta", (c,), "zeros")
+        super().__init__(tf1_prefix, epsilon, **kwargs)
 
     def call(self, x):
         return layer_norm(x, self.gamma, self.beta, self.epsilon)

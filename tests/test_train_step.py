@@ -84,7 +84,18 @@ def ref_init_step(G, vgg, photo, opt):
     return {"content": content, "init_loss": loss}
 
 
-def ref_gan_step(G, D, vgg, batch, d_opt, g_opt, gan_type="lsgan", alpha=None, ld=10.0):
+def ref_tv(x):
+    """AnimeGANv2's TV loss in TF1's form: tf.nn.l2_loss(d) / tf.size(d), vertical plus horizontal."""
+    dh = x[:, 1:, :, :] - x[:, :-1, :, :]
+    dw = x[:, :, 1:, :] - x[:, :, :-1, :]
+    return (tf.nn.l2_loss(dh) / tf.cast(tf.size(dh), tf.float32)
+            + tf.nn.l2_loss(dw) / tf.cast(tf.size(dw), tf.float32))
+
+
+def ref_gan_step(G, D, vgg, batch, d_opt, g_opt, gan_type="lsgan", alpha=None, ld=10.0, w=W,
+                 d_terms=(1.0, 1.0, 1.0, 0.1)):
+    """`w`: the loss weights (a "tv" entry adds AnimeGANv2's TV term); `d_terms`: D's weights of
+    real, gray, fake, smooth (v1: 1, 1, 1, 0.1)."""
     p, a, x_gray, y_gray = batch
     out = {}
     generated = G(p)
@@ -114,9 +125,10 @@ def ref_gan_step(G, D, vgg, batch, d_opt, g_opt, gan_type="lsgan", alpha=None, l
             out["d_gray"] = tf.reduce_mean(gray)
             out["d_fake"] = tf.reduce_mean(fake)
             out["d_smooth"] = tf.reduce_mean(smooth)
-        out["d_adv"] = out["d_real"] + out["d_gray"] + out["d_fake"] + 0.1 * out["d_smooth"]
+        out["d_adv"] = (d_terms[0] * out["d_real"] + d_terms[1] * out["d_gray"] + d_terms[2] * out["d_fake"]
+                        + d_terms[3] * out["d_smooth"])
         out["gp"] = gp
-        out["d_loss"] = W["d_adv"] * out["d_adv"] + gp
+        out["d_loss"] = w["d_adv"] * out["d_adv"] + gp
     d_opt.apply(tape.gradient(out["d_loss"], D.trainable_variables), D.trainable_variables)
     # G update against the updated D, with G(p) recomputed as the original's second sess.run.
     with tf.GradientTape() as tape:
@@ -127,8 +139,11 @@ def ref_gan_step(G, D, vgg, batch, d_opt, g_opt, gan_type="lsgan", alpha=None, l
         out["content"] = tf.reduce_mean(tf.abs(vgg(p) - f_gen))
         out["style"] = tf.reduce_mean(tf.abs(ref_gram(vgg(x_gray)) - ref_gram(f_gen)))
         out["color"] = ref_color(p, generated)
-        out["g_loss"] = (W["g_adv"] * out["g_adv"] + W["con"] * out["content"] + W["sty"] * out["style"]
-                         + W["color"] * out["color"])
+        out["g_loss"] = (w["g_adv"] * out["g_adv"] + w["con"] * out["content"] + w["sty"] * out["style"]
+                         + w["color"] * out["color"])
+        if "tv" in w:
+            out["tv"] = ref_tv(generated)
+            out["g_loss"] += w["tv"] * out["tv"]
     g_opt.apply(tape.gradient(out["g_loss"], G.trainable_variables), G.trainable_variables)
     return out
 

@@ -1,6 +1,7 @@
 """AnimeGANv2's GAN step (`AnimeGAN` with a v2 generator, a layer-norm discriminator, the TV term and
-per-term D weights) against a plain eager reference written here from ORIGINAL_V2.md: every loss and
-every updated variable to 1e-5 (the same bound and the same Adam rounding exemption as v1's test)."""
+per-term D weights) against the plain eager reference of tests/test_train_step.py with v2's weights and
+TV term (ORIGINAL_V2.md): every loss and every updated variable to 1e-5 (the same bound and the same
+Adam rounding exemption as v1's test)."""
 
 import keras
 import numpy as np
@@ -11,53 +12,12 @@ from anime_gan.discriminator import Discriminator
 from anime_gan.generator_v2 import GeneratorV2
 from anime_gan.model import AnimeGAN, make_adam
 from anime_gan.vgg import load_vgg19
-from test_train_step import RefAdam, RefSGD, _assert_same, _restore, _state, ref_color, ref_gram
+from test_train_step import RefAdam, RefSGD, _assert_same, _restore, _state, ref_gan_step
 
 SIDE, BATCH = 24, 2
 LR_INIT, LR_G, LR_D = 2e-4, 2e-5, 4e-5  # v2's train.py
 W = dict(g_adv=300.0, d_adv=300.0, con=1.5, sty=2.5, color=10.0, tv=1.0)
 D_TERMS = (1.7, 1.7, 1.7, 1.0)  # real, gray, fake, smooth (the code's, Shinkai's comment)
-
-
-def ref_tv(x):
-    """TF1's form: tf.nn.l2_loss(d) / tf.size(d) for the vertical and horizontal differences."""
-    dh = x[:, 1:, :, :] - x[:, :-1, :, :]
-    dw = x[:, :, 1:, :] - x[:, :, :-1, :]
-    return (tf.nn.l2_loss(dh) / tf.cast(tf.size(dh), tf.float32)
-            + tf.nn.l2_loss(dw) / tf.cast(tf.size(dw), tf.float32))
-
-
-def ref_gan_step_v2(G, D, vgg, batch, d_opt, g_opt):
-    p, a, x_gray, y_gray = batch
-    out = {}
-    generated = G(p)
-    with tf.GradientTape() as tape:
-        real = D(a, training=False)
-        gray = D(x_gray, training=False)
-        fake = D(generated, training=False)
-        smooth = D(y_gray, training=True)
-        out["d_real"] = tf.reduce_mean(tf.square(real - 1))
-        out["d_gray"] = tf.reduce_mean(tf.square(gray))
-        out["d_fake"] = tf.reduce_mean(tf.square(fake))
-        out["d_smooth"] = tf.reduce_mean(tf.square(smooth))
-        w_real, w_gray, w_fake, w_smooth = D_TERMS
-        out["d_adv"] = (w_real * out["d_real"] + w_fake * out["d_fake"] + w_gray * out["d_gray"]
-                        + w_smooth * out["d_smooth"])
-        out["gp"] = tf.constant(0.0)
-        out["d_loss"] = W["d_adv"] * out["d_adv"]
-    d_opt.apply(tape.gradient(out["d_loss"], D.trainable_variables), D.trainable_variables)
-    with tf.GradientTape() as tape:
-        generated = G(p)
-        out["g_adv"] = tf.reduce_mean(tf.square(D(generated, training=True) - 1))
-        f_gen = vgg(generated)
-        out["content"] = tf.reduce_mean(tf.abs(vgg(p) - f_gen))
-        out["style"] = tf.reduce_mean(tf.abs(ref_gram(vgg(x_gray)) - ref_gram(f_gen)))
-        out["color"] = ref_color(p, generated)
-        out["tv"] = ref_tv(generated)
-        out["g_loss"] = (W["g_adv"] * out["g_adv"] + W["con"] * out["content"] + W["sty"] * out["style"]
-                         + W["color"] * out["color"] + W["tv"] * out["tv"])
-    g_opt.apply(tape.gradient(out["g_loss"], G.trainable_variables), G.trainable_variables)
-    return out
 
 
 def _build(kind):
@@ -92,7 +52,7 @@ def test_v2_gan_step_equals_eager_reference(kind, monkeypatch):
     _restore(model, before)
     d_opt = RefAdam(LR_D) if kind == "adam" else RefSGD(1e-5)
     g_opt = RefAdam(LR_G) if kind == "adam" else RefSGD(1e-4)
-    ref = ref_gan_step_v2(model.generator, model.discriminator, model.vgg, batch, d_opt, g_opt)
+    ref = ref_gan_step(model.generator, model.discriminator, model.vgg, batch, d_opt, g_opt, w=W, d_terms=D_TERMS)
     _assert_same(model, got, ref, got_vars, _state(model), [d_opt, g_opt], kind)
     assert float(got["tv"]) > 0
     n_g = len(model.generator.weights)
