@@ -40,10 +40,15 @@ def truncate_metrics(path, last_step: int) -> None:
         return
     kept = [r for r in read_metrics(path) if r["step"] <= last_step]
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        for r in kept:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for r in kept:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave the file as it was, and no partial copy
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def plot_losses(metrics_path, out_path) -> str:
@@ -56,7 +61,7 @@ def plot_losses(metrics_path, out_path) -> str:
     records = read_metrics(metrics_path)
     groups = [
         ("init phase", ["init_loss", "content"], "init"),
-        ("generator", ["g_loss", "g_adv", "content", "style", "color"], "gan"),
+        ("generator", ["g_loss", "g_adv", "content", "style", "color", "tv"], "gan"),
         ("discriminator", ["d_loss", "d_adv", "d_real", "d_gray", "d_fake", "d_smooth", "gp"], "gan"),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -122,7 +127,7 @@ def tb_image(tag, rgb, step):
 
 
 class RunLog:
-    """metrics.jsonl (one flushed line per step), TensorBoard scalars and images; chief only."""
+    """metrics.jsonl (one line per step, written through at once), TensorBoard scalars and images; chief only."""
 
     def __init__(self, log_dir, enabled):
         self.enabled = enabled
@@ -133,13 +138,19 @@ class RunLog:
 
     def open(self):
         if self.enabled:
-            self.file = open(self.path, "a")
+            self.file = open(self.path, "ab", buffering=0)
 
     def step(self, record, losses):
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        line = memoryview((json.dumps(record) + "\n").encode())
+        start = os.fstat(self.file.fileno()).st_size
+        try:
+            while line:  # an unbuffered file: each write reaches the OS now, maybe in parts
+                line = line[self.file.write(line):]
+        except OSError:  # a full disk: take back the torn line, so the file stays whole lines
+            os.ftruncate(self.file.fileno(), start)
+            raise
         with self.writer.as_default(step=record["step"]):
             for k, v in losses.items():
                 tb_scalar(f"{record['phase']}/{k}", v, record["step"])

@@ -67,6 +67,8 @@ HELP = {
     "epoch_weights": "Also save the generator's weights after every epoch (<checkpoint_dir>/epochs/epoch_NNN/, 16 MB each).",
     "export_saved_model": "Write <checkpoint_dir>/saved_model at the end.",
     "progress": "Show a progress bar.",
+    "restart": "Train from step 0 even though --checkpoint_dir holds checkpoints (they are removed); without it a run "
+               "resumes from its newest good checkpoint, or is refused when none can be restored.",
 }
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 for _field in dataclasses.fields(TrainConfig):

@@ -69,6 +69,7 @@ class TrainConfig:
     epoch_weights: bool = True  # generator weights after every epoch, in <checkpoint_dir>/epochs/
     export_saved_model: bool = True
     progress: bool = True
+    restart: bool = False  # train from step 0 over the checkpoints in checkpoint_dir
 
     def resolved(self) -> "TrainConfig":
         """A copy with the default folders filled in."""

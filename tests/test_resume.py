@@ -16,12 +16,19 @@ def _losses(records):
     return [{k: v for k, v in r.items() if k != "step_time"} for r in records]
 
 
+# v2: AnimeGANv2's generator, layer-norm D, TV term and D term weights (the v2 code's values).
+V2 = dict(arch="v2", tv_weight=1.0, d_real_weight=1.7, d_gray_weight=1.7, d_fake_weight=1.7, d_smooth_weight=1.0,
+          sty_weight=2.5)
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("arch", ["v1", "v2"])
+def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path, arch):
     from anime_gan.weights import load_generator
 
     data = make_tiny_dataset(tmp_path / "data")
-    common = dict(deterministic=True, epoch=3, init_epoch=1, checkpoint_every_steps=2, training_rate=1)
+    common = dict(deterministic=True, epoch=3, init_epoch=1, checkpoint_every_steps=2, training_rate=1,
+                  **(V2 if arch == "v2" else {}))
 
     straight = tmp_path / "straight"
     r = run_train(tiny_args(data, str(straight), **common))
@@ -57,6 +64,9 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path):
                 assert abs(x[k] - y[k]) <= 1e-6 * max(1.0, abs(x[k])), (x["step"], k, x[k], y[k])
             else:
                 assert x[k] == y[k]
+    if arch == "v2":
+        assert all(x["tv"] > 0 for x in a if x.get("phase") == "gan")
     ga, gb = load_generator(straight / "generator"), load_generator(killed / "generator")
+    assert ga.arch == gb.arch == arch
     for va, vb in zip(ga.weights, gb.weights):
         np.testing.assert_allclose(vb.numpy(), va.numpy(), rtol=0, atol=1e-6)
