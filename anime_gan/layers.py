@@ -47,13 +47,20 @@ def instance_norm(x, gamma, beta, epsilon, out_dtype=None):
     returned in `out_dtype` (default: the input's dtype); a single bfloat16 image (static batch 1)
     takes a fused, faster path.
     """
-    dtype = out_dtype or x.dtype
     if x.dtype == tf.bfloat16 and x.shape.rank == 4 and x.shape[0] == 1:
+        dtype = out_dtype or x.dtype
         y = _instance_norm_of_one_bfloat16_image(x, gamma, beta, epsilon)
         return tf.cast(y, dtype) if dtype != y.dtype else y
+    return _normalize(x, [1, 2], gamma, beta, epsilon, out_dtype)
+
+
+def _normalize(x, axes, gamma, beta, epsilon, out_dtype=None):
+    """`tf.nn.moments` over `axes` + `tf.nn.batch_normalization`, statistics in float32; the result in
+    `out_dtype` (default: the input's dtype). Instance norm (axes 1, 2) and v2's layer norm (1, 2, 3)."""
+    dtype = out_dtype or x.dtype
     if x.dtype != tf.float32:
         x = tf.cast(x, tf.float32)
-    mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+    mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
     y = tf.nn.batch_normalization(x, mean, var, beta, gamma, epsilon)
     return tf.cast(y, dtype) if dtype != tf.float32 else y
 
@@ -109,12 +116,15 @@ class _Block(keras.layers.Layer):
 
 
 class _LearnedNorm(_Block):
-    """A norm with learned gamma/beta [C] (gamma 1, beta 0 at init); subclasses say over what."""
+    """A norm with learned gamma/beta [C] (gamma 1, beta 0 at init); subclasses say over what and
+    with which default epsilon."""
 
-    def __init__(self, tf1_prefix, epsilon, **kwargs):
+    default_epsilon = None
+
+    def __init__(self, tf1_prefix, epsilon=None, **kwargs):
         super().__init__(**kwargs)
         self.tf1_prefix = tf1_prefix
-        self.epsilon = epsilon
+        self.epsilon = self.default_epsilon if epsilon is None else epsilon
 
     def build(self, input_shape):
         c = input_shape[-1]
@@ -125,8 +135,7 @@ class _LearnedNorm(_Block):
 class InstanceNorm(_LearnedNorm):
     """Instance norm (per sample and channel, over H and W), as the official v1 graph computes it."""
 
-    def __init__(self, tf1_prefix, epsilon=C.IN_EPSILON, **kwargs):
-        super().__init__(tf1_prefix, epsilon, **kwargs)
+    default_epsilon = C.IN_EPSILON
 
     def call(self, x):
         return instance_norm(x, self.gamma, self.beta, self.epsilon)
@@ -291,12 +300,7 @@ def layer_norm(x, gamma, beta, epsilon, out_dtype=None):
     LayerNormalization with its default axis normalises over C alone, which is another network.
     Statistics are taken in float32 under a mixed policy.
     """
-    dtype = out_dtype or x.dtype
-    if x.dtype != tf.float32:
-        x = tf.cast(x, tf.float32)
-    mean, var = tf.nn.moments(x, axes=[1, 2, 3], keepdims=True)
-    y = tf.nn.batch_normalization(x, mean, var, beta, gamma, epsilon)
-    return tf.cast(y, dtype) if dtype != tf.float32 else y
+    return _normalize(x, [1, 2, 3], gamma, beta, epsilon, out_dtype)
 
 
 def _variance_scaling(fan_in):
@@ -315,8 +319,7 @@ def v2_padding(kernel_size, strides):
 class LayerNorm(_LearnedNorm):
     """v2's layer norm (per sample, over H, W and C; gamma/beta [C]), eps 1e-12."""
 
-    def __init__(self, tf1_prefix, epsilon=C.LN_EPSILON, **kwargs):
-        super().__init__(tf1_prefix, epsilon, **kwargs)
+    default_epsilon = C.LN_EPSILON
 
     def call(self, x):
         return layer_norm(x, self.gamma, self.beta, self.epsilon)

@@ -192,7 +192,7 @@ def _float32_generator(generator):
         return generator
     from anime_gan.generator import build_generator
 
-    clone = build_generator("float32", arch=getattr(generator, "arch", "v1"), **generator.options())
+    clone = build_generator("float32", arch=generator.arch, **generator.options())
     clone.set_weights(generator.get_weights())
     return clone
 

@@ -73,8 +73,8 @@ def save_generator(generator, directory):
         import h5py
 
         with h5py.File(tmp, "a") as f:
-            f.attrs[ARCH_ATTRIBUTE] = getattr(generator, "arch", "v1")
-            options = generator.options() if hasattr(generator, "options") else {}
+            f.attrs[ARCH_ATTRIBUTE] = generator.arch
+            options = generator.options()
             if options:
                 f.attrs[OPTIONS_ATTRIBUTE] = json.dumps(options, sort_keys=True)
         os.replace(tmp, path)
@@ -104,30 +104,22 @@ def tf1_arch(names):
     return "v2" if v2 > v1 else "v1"
 
 
-def weights_file_options(path):
-    """The generator options stored in one of our .weights.h5 files ({} for the official network)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return json.loads(f.attrs[OPTIONS_ATTRIBUTE]) if OPTIONS_ATTRIBUTE in f.attrs else {}
-    except OSError:
-        return {}  # weights_file_arch has said why the file cannot be read
-
-
-def weights_file_arch(path):
-    """The architecture of one of our .weights.h5 files (its attribute, else its variable count)."""
+def weights_file_spec(path):
+    """(architecture, generator options) of one of our .weights.h5 files: its attributes, or for a
+    file without them (written before they existed) the architecture its variable count says and
+    the official network's options ({})."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             if ARCH_ATTRIBUTE in f.attrs:
-                return str(f.attrs[ARCH_ATTRIBUTE])
+                options = json.loads(f.attrs[OPTIONS_ATTRIBUTE]) if OPTIONS_ATTRIBUTE in f.attrs else {}
+                return str(f.attrs[ARCH_ATTRIBUTE]), options
             count = []
             f.visititems(lambda _, item: count.append(1) if isinstance(item, h5py.Dataset) else None)
     except OSError as e:  # not HDF5, truncated
         raise ModelError(f"cannot load generator weights from {path}: {_first_line(e)}.") from None
-    return _arch_from_count(len(count), str(path))
+    return _arch_from_count(len(count), str(path)), {}
 
 
 def _counted_arch(prefix, list_name, what):
@@ -144,18 +136,17 @@ def _counted_arch(prefix, list_name, what):
     return _arch_from_count(max(indices) + 1, what)
 
 
-def source_arch(source):
-    """"v1" or "v2": the architecture of what `resolve_model` found, read from the files."""
+def source_spec(source):
+    """(architecture, generator options) of what `resolve_model` found (not a .pt file: that is
+    `torch_weights`' to read), read from the files; only our .weights.h5 files carry options."""
     if source.kind == "tf1_checkpoint":
-        return tf1_arch(tf.train.load_checkpoint(str(source.path)).get_variable_to_shape_map())
+        return tf1_arch(tf.train.load_checkpoint(str(source.path)).get_variable_to_shape_map()), {}
     if source.kind == "tf2_checkpoint":
-        return _counted_arch(source.path, "generator_weights", f"the training checkpoint {source.path}")
-    if source.kind == "torch":
-        return "v2"  # the PyTorch port (bryandlee/animegan2-pytorch) is AnimeGANv2's generator
+        return _counted_arch(source.path, "generator_weights", f"the training checkpoint {source.path}"), {}
     if source.kind == "saved_model":
         return _counted_arch(source.path / "variables" / "variables", "generator_variables",
-                             f"the SavedModel at {source.path}")
-    return weights_file_arch(source.path)
+                             f"the SavedModel at {source.path}"), {}
+    return weights_file_spec(source.path)
 
 
 def _is_tf1_prefix(path):
@@ -217,7 +208,7 @@ def tf1_to_generator(values, generator=None):
             parts.append(f"unexpected {len(extra)}: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
         if bad_shape:
             parts.append(f"wrong shape {len(bad_shape)}: {', '.join(bad_shape[:8])}")
-        label = ARCH_LABEL.get(getattr(generator, "arch", "v1"))
+        label = ARCH_LABEL[generator.arch]
         raise ModelError(f"this is not an official {label} generator checkpoint: " + "; ".join(parts) + ".")
     for name, var in mapping.items():
         var.assign(np.asarray(values[name], dtype=np.float32))
@@ -400,8 +391,7 @@ def load_generator(path, policy=None):
         from anime_gan.torch_weights import load_torch_generator
 
         return load_torch_generator(source.path, policy=policy)
-    arch = source_arch(source)
-    options = weights_file_options(source.path) if source.kind == "weights" else {}
+    arch, options = source_spec(source)
     generator = build_generator(policy, arch=arch, **options)
     if source.kind == "tf1_checkpoint":
         tf1_to_generator(read_tf1_checkpoint(source.path), generator)
