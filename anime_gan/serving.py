@@ -38,6 +38,7 @@ import tempfile
 import tensorflow as tf
 
 from anime_gan import constants as C
+from anime_gan.banded import DEFAULT_MEMORY_BUDGET, MemoryBoundedGenerator, memory_bounded
 from anime_gan.constants import DEFAULT_MAX_SIDE, MIN_SIDE
 from anime_gan.errors import ConfigError, OutputExistsError
 from anime_gan.image_io import images_to_unit_range, unit_range_to_images
@@ -209,7 +210,9 @@ def _raw_variable(v):
 class StylizeModule(tf.Module):
     """The generator wrapped for serving: `serving_default` and `stylize_bytes` tf.functions."""
 
-    def __init__(self, generator, max_side=DEFAULT_MAX_SIDE):
+    def __init__(self, generator, max_side=DEFAULT_MAX_SIDE, memory_budget=None):
+        """memory_budget: bytes of working memory one image may take (default
+        `anime_gan.banded.DEFAULT_MEMORY_BUDGET`); larger images run banded (see `anime_gan.banded`)."""
         super().__init__(name="anime_gan")
         if not generator.built:
             generator.build()
@@ -223,8 +226,12 @@ class StylizeModule(tf.Module):
         self.max_side = max_side
         # Saved with the model so clients (and `anime_gan.stylize`) can read the cap back.
         self.max_side_variable = tf.Variable(max_side, dtype=tf.int32, trainable=False, name="max_side")
+        # Images too large to run whole within the memory budget run banded, with whole-image norm
+        # statistics (`anime_gan.banded`); the signatures hold both graphs.
+        bounded = memory_bounded(generator, max_side=max_side,
+                                 memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET)
 
-        def stylize_batch(images):
+        def stylize_batch(images, runner=bounded):
             """uint8 [N, H, W, 3] -> uint8 [N, H, W, 3] (one size per batch; N may be 0)."""
             shape = tf.shape(images)
             count, height, width = shape[0], shape[1], shape[2]
@@ -233,7 +240,7 @@ class StylizeModule(tf.Module):
             # An empty batch has nothing to pad (MirrorPad refuses it): answer [0, H, W, 3] directly.
             return tf.cond(
                 count > 0,
-                lambda: unit_range_to_images(generate(generator, x)),
+                lambda: unit_range_to_images(generate(runner, x)),
                 lambda: tf.zeros(tf.stack([0, height, width, 3]), tf.uint8),
             )
 
@@ -275,9 +282,21 @@ class StylizeModule(tf.Module):
 
         self.serving_default = serving_default
         self.stylize_bytes = stylize_bytes
+        # In-process calls (`__call__`) on batches that run whole take a graph of the plain generator:
+        # the banded graphs are traced (seconds) only when an image needs them. Held outside the
+        # module's tracked state, so the SavedModel never contains it.
+        self._whole = _NotSaved(
+            bounded.runs_whole if isinstance(bounded, MemoryBoundedGenerator) else (lambda *size: True),
+            tf.function(lambda images: {IMAGES_KEY: stylize_batch(checked_batch(images), generator)},
+                        input_signature=[tf.TensorSpec(None, tf.uint8)]),
+        )
 
     def __call__(self, images_uint8):
-        """uint8 [N, H, W, 3] -> uint8 [N, H, W, 3] as a tf.Tensor."""
+        """uint8 [N, H, W, 3] -> uint8 [N, H, W, 3] as a tf.Tensor: what `serving_default` gives."""
+        shape = getattr(images_uint8, "shape", ())
+        fits, whole = self._whole.runs_whole, self._whole.function
+        if len(shape) == 4 and None not in shape and fits(*shape[:3]):
+            return whole(images_uint8)[IMAGES_KEY]
         return self.serving_default(images_uint8)[IMAGES_KEY]
 
     def signatures(self):
@@ -285,6 +304,14 @@ class StylizeModule(tf.Module):
             SERVING_SIGNATURE: self.serving_default.get_concrete_function(),
             BYTES_SIGNATURE: self.stylize_bytes.get_concrete_function(),
         }
+
+
+class _NotSaved:
+    """A batch-size test and a tf.function, held where `tf.saved_model.save` does not look."""
+
+    def __init__(self, runs_whole, function):
+        self.runs_whole = runs_whole
+        self.function = function
 
 
 def export_saved_model(generator, output_dir, max_side=DEFAULT_MAX_SIDE):
