@@ -37,6 +37,8 @@ IMAGE_SUFFIXES = files.IMAGE_EXTENSIONS + (".gif", ".webp", ".tif", ".tiff")
 # Formats written back in their own format; anything else (GIF) is written as PNG.
 WRITABLE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+# Containers stylized videos are written in (H.264 with AAC or MP3 sound fits each), by suffix.
+VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
 EXIF_ORIENTATION = 0x0112
 
 

@@ -8,8 +8,9 @@ generator.weights.h5, a training run's --checkpoint_dir (its final weights, else
 checkpoint), a training checkpoint prefix (run/ckpt-12), a .weights.h5 file, or an official TF1
 checkpoint prefix.
 --input is an image, a folder (sub-folders are mirrored under --output; the videos in it are
-stylized too, each into NAME.mp4) or a video (written frame by frame with OpenCV at the same fps
-and size; the audio track is not copied).
+stylized too, each into NAME.mp4) or a video (written as H.264 in MP4 with the same frame timestamps,
+frame count and size, and its audio track; see `anime_gan.video`). Files are read and written in
+threads beside the model, and a video is decoded and encoded beside it, so the model never waits.
 
 Each image keeps its exact size (see `anime_gan.serving`). Files that cannot be stylized are
 reported one line each (an image too large for --max_side is refused from its header, before it is
@@ -51,10 +52,11 @@ log = logging.getLogger("anime_gan.stylize")
 
 DEFAULT_BATCH_SIZE = 4
 MODEL_ENV = "ANIME_GAN_MODEL"
-VIDEO_OUTPUT_SUFFIX = ".mp4"  # container of every video we write into a folder (mp4v codec)
-# A video stops at this many failed frame reads in a row even before its announced frame count (a
-# stream cut short fails every read; a corrupt frame fails one).
-MAX_BAD_FRAMES_IN_A_ROW = 25
+VIDEO_OUTPUT_SUFFIX = ".mp4"  # container of every video we write (H.264, see anime_gan.video)
+IO_WORKERS = 2  # threads reading and writing image files while the model runs (see stylize_images)
+# An image (or video frame) of more pixels runs alone, never batched with others: the memory a batch
+# takes grows with its pixels, and large images may take a bounded-memory (banded) path.
+SINGLE_IMAGE_PIXELS = 4 * 2**20
 # --adjust_brightness: weights of the R, G, B channel means in the brightness that is matched.
 # "official" is what the original's image path computes: its helper reads channel 0 as B (weight
 # 0.114) and channel 2 as R (0.299), as for an OpenCV BGR array, but is given RGB arrays, so in
@@ -111,10 +113,12 @@ def model_error_message(error):
 
 
 def _stylizer_from_generator(generator, max_side, source):
-    from anime_gan.serving import IMAGES_KEY, StylizeModule
+    from anime_gan.serving import StylizeModule
 
+    # Called, the module runs batches that fit the memory budget whole through a plain graph of G and
+    # only larger images through its bounded (banded) serving graph.
     module = StylizeModule(generator, max_side=max_side)
-    return Stylizer(lambda x: module.serving_default(x)[IMAGES_KEY], max_side, source, keep_alive=module)
+    return Stylizer(module, max_side, source, keep_alive=module)
 
 
 def _stylizer_from_saved_model(path):
@@ -389,23 +393,65 @@ def _refuse_shared_outputs(jobs):
                          "another (nothing was written).")
 
 
+def _stylize_batch(stylizer, photos):
+    """stylizer(photos), image by image when each has more than SINGLE_IMAGE_PIXELS pixels."""
+    if len(photos) > 1 and photos.shape[1] * photos.shape[2] > SINGLE_IMAGE_PIXELS:
+        return np.stack([stylizer(photo[None])[0] for photo in photos])
+    return stylizer(photos)
+
+
 def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None, summary=None,
-                   stop=_NEVER_STOP):
+                   stop=_NEVER_STOP, workers=IO_WORKERS):
     """Stylizes [(source, destination)] image files in batches of equal size; returns a Summary
     (`summary`, when given, is filled in instead).
 
-    Each file that fails is logged (one error line) and listed in the Summary; the others are written.
-    A file whose header gives a size beyond the model's cap is refused before it is decoded.
+    Each file that fails is logged (one error line, in the order of jobs for files that cannot be
+    read) and listed in the Summary; the others are written. A file whose header gives a size beyond
+    the model's cap is refused before it is decoded.
 
     Images of one size are batched together (a batch must be one size); a few sizes are held at
-    once and flushed when full, so memory stays bounded on folders of mixed sizes. adjust: a
-    --adjust_brightness mode (see `brightness_mode`). stop.check() runs before each file is read and
-    each batch is stylized, never between a batch and its writing (see `StopOnCtrlC`).
+    once and flushed when full, so memory stays bounded on folders of mixed sizes. An image of more
+    than SINGLE_IMAGE_PIXELS pixels runs alone. adjust: a --adjust_brightness mode (see
+    `brightness_mode`). workers: threads that read and decode the next files (up to 2 x batch_size
+    ahead) and encode and write the results (up to 2 x batch_size behind) while the model runs; 0
+    does everything in the calling thread, one step after the other. The files written are the
+    same either way. stop.check() runs before each file is taken and each batch is stylized, never
+    between a batch and its writing (see `StopOnCtrlC`): on a stop, the writes under way finish and
+    are listed before it propagates.
     """
+    import concurrent.futures
+
     adjust = brightness_mode(adjust)
     summary = Summary(inputs=len(jobs)) if summary is None else summary
     pending = collections.OrderedDict()  # (h, w) -> [(src, dst, image)]
     held = 0
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="stylize-io") if workers else None
+    writes = collections.deque()  # [(src, dst, future or None, the exception of an inline write)]
+
+    def read(src):
+        image = image_io.read_image(src, check_size=stylizer.check_size)
+        stylizer.check_size(image.shape[0], image.shape[1], str(src))
+        return image
+
+    def write(dst, out, photo):
+        if adjust != "none":
+            out = adjust_brightness(out, photo, adjust)
+        image_io.write_image(dst, out)
+
+    def record(block):
+        """Lists the finished writes, oldest first (all of them when block)."""
+        while writes and (block or writes[0][2] is None or writes[0][2].done()):
+            src, dst, future, error = writes.popleft()
+            if future is not None:
+                error = future.exception()
+            if isinstance(error, (OSError, ImageError)):
+                _report_failure(summary, src, f"cannot write {dst}: {error}")
+            elif error is not None:
+                raise error
+            else:
+                summary.written.append(str(dst))
+            if progress is not None:
+                progress.update(1)
 
     def flush(shape):
         nonlocal held
@@ -413,7 +459,7 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
         items = pending.pop(shape)
         held -= len(items)
         try:
-            outputs = stylizer(np.stack([im for _, _, im in items]))
+            outputs = _stylize_batch(stylizer, np.stack([im for _, _, im in items]))
         except ImageError:
             # A batch fails as a whole; run its images alone so the error names the right file.
             outputs = []
@@ -424,129 +470,120 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
                     outputs.append(e)
         for (src, dst, photo), out in zip(items, outputs):
             if isinstance(out, Exception):
+                record(block=True)  # the reports keep the order of the batches
                 _report_failure(summary, src, str(out))
+                if progress is not None:
+                    progress.update(1)
                 continue
-            if adjust != "none":
-                out = adjust_brightness(out, photo, adjust)
-            try:
-                image_io.write_image(dst, out)
-            except (OSError, ImageError) as e:
-                _report_failure(summary, src, f"cannot write {dst}: {e}")
-                continue
-            summary.written.append(str(dst))
-        if progress is not None:
-            progress.update(len(items))
+            if pool is not None:
+                writes.append((src, dst, pool.submit(write, dst, out, photo), None))
+            else:
+                try:
+                    write(dst, out, photo)
+                    writes.append((src, dst, None, None))
+                except (OSError, ImageError) as e:
+                    writes.append((src, dst, None, e))
+        record(block=False)
+        while len(writes) > 2 * batch_size:  # memory: at most 2 batches of results wait to be written
+            if writes[0][2] is not None:
+                concurrent.futures.wait([writes[0][2]])
+            record(block=False)
 
-    for src, dst in jobs:
-        stop.check()
+    def decoded():
+        """(src, dst, image or ImageError) in the order of jobs, read up to 2 batches ahead."""
+        if pool is None:
+            for src, dst in jobs:
+                stop.check()
+                try:
+                    yield src, dst, read(src)
+                except ImageError as e:
+                    yield src, dst, e
+            return
+        ahead = collections.deque()
+        it = iter(jobs)
+        for src, dst in it:
+            ahead.append((src, dst, pool.submit(read, src)))
+            if len(ahead) >= 2 * batch_size:
+                break
         try:
-            image = image_io.read_image(src, check_size=stylizer.check_size)
-            stylizer.check_size(image.shape[0], image.shape[1], str(src))
-        except ImageError as e:
-            _report_failure(summary, src, str(e))
-            if progress is not None:
-                progress.update(1)
-            continue
-        shape = image.shape[:2]
-        pending.setdefault(shape, []).append((src, dst, image))
-        held += 1
-        if len(pending[shape]) >= batch_size:
-            flush(shape)
-        elif held >= 4 * batch_size:
+            while ahead:
+                src, dst, future = ahead.popleft()
+                stop.check()
+                try:
+                    image = future.result()
+                except ImageError as e:
+                    image = e
+                job = next(it, None)
+                if job is not None:
+                    ahead.append((*job, pool.submit(read, job[0])))
+                yield src, dst, image
+        finally:
+            for _, _, future in ahead:  # reads not started are dropped
+                future.cancel()
+
+    reads = decoded()
+    try:
+        for src, dst, image in reads:
+            if isinstance(image, ImageError):
+                _report_failure(summary, src, str(image))
+                if progress is not None:
+                    progress.update(1)
+                continue
+            shape = image.shape[:2]
+            pending.setdefault(shape, []).append((src, dst, image))
+            held += 1
+            if len(pending[shape]) >= batch_size or shape[0] * shape[1] > SINGLE_IMAGE_PIXELS:
+                flush(shape)
+            elif held >= 4 * batch_size:
+                flush(next(iter(pending)))
+        while pending:
             flush(next(iter(pending)))
-    while pending:
-        flush(next(iter(pending)))
+    finally:
+        reads.close()
+        record(block=True)  # what was stylized is written and listed, also on a stop
+        if pool is not None:
+            pool.shutdown(wait=True)
     return summary
 
 
-class _FrameReader:
-    """RGB frames from an OpenCV capture. A frame that fails to decode before the announced count
-    (CAP_PROP_FRAME_COUNT) is skipped, not taken for the end: the frames after it are still read."""
+def _video_frames_fn(stylizer, adjust):
+    """uint8 [N, H, W, 3] frames -> their stylized frames, brightness-matched to them per `adjust`."""
 
-    def __init__(self, capture, expected):
-        self.capture, self.expected = capture, expected
-        self.attempts = self.read = self.bad_in_a_row = 0
-        self.done = False
+    def fn(photos):
+        outputs = _stylize_batch(stylizer, photos)
+        if adjust != "none":
+            outputs = np.stack([adjust_brightness(o, p, adjust) for o, p in zip(outputs, photos)])
+        return outputs
 
-    def frames(self, count):
-        frames = []
-        while len(frames) < count and not self.done:
-            ok, frame = self.capture.read()
-            self.attempts += 1
-            if ok:
-                frames.append(frame[..., ::-1])
-                self.read += 1
-                self.bad_in_a_row = 0
-                continue
-            self.bad_in_a_row += 1
-            if self.attempts >= self.expected or self.bad_in_a_row >= MAX_BAD_FRAMES_IN_A_ROW:
-                self.done = True
-        return frames
+    return fn
 
 
 def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None,
                   stop=_NEVER_STOP):
-    """Stylizes a video frame by frame into destination (mp4v codec, same fps and size, no audio).
+    """Stylizes a video frame by frame into destination: H.264 in MP4 with the same frame timestamps
+    (so fps), frame count and size, and the audio track kept (see `anime_gan.video`).
 
-    Written to a temporary file beside destination and moved into place only when complete (a stop,
-    see `StopOnCtrlC`, between batches of frames leaves nothing behind). Returns (frames written,
-    frames announced by the container, 0 if it announces none); frames that fail to decode are
-    skipped, so the first number can be the smaller. Raises ImageError on an unreadable video. adjust: a
-    --adjust_brightness mode (see `brightness_mode`), applied to each frame with its source frame
-    (RGB both).
+    Decoding, stylizing and encoding overlap (two threads beside the calling one). Written to a
+    temporary file beside destination and moved into place only when complete (a stop, see
+    `StopOnCtrlC`, between batches of frames leaves nothing behind). Returns (frames written,
+    frames announced by the container, 0 if it announces none and none failed to decode); frames
+    that fail to decode are skipped, so the first number can be the smaller. Raises ImageError on
+    an unreadable video. adjust: a --adjust_brightness mode (see `brightness_mode`), applied to
+    each frame with its source frame (RGB both).
     """
-    import cv2
+    written, announced, _ = _stylize_video(stylizer, source, destination, batch_size, adjust, progress, stop)
+    return written, announced
 
-    adjust = brightness_mode(adjust)
-    source, destination = pathlib.Path(source), pathlib.Path(destination)
-    capture = cv2.VideoCapture(str(source))
-    if not capture.isOpened():
-        raise ImageError(f"{source} is not a readable video (OpenCV cannot open it); check the file.")
-    try:
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if not fps or fps <= 0 or width <= 0 or height <= 0:
-            raise ImageError(f"{source} reports no frame rate or size; re-encode it (e.g. with ffmpeg) and retry.")
-        stylizer.check_size(height, width, str(source))
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if progress is not None and total > 0:
-            progress.reset(total=total)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=destination.suffix, dir=destination.parent)
-        os.close(fd)
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        try:
-            if not writer.isOpened():
-                raise ImageError(f"OpenCV cannot write {destination}; use an .mp4 or .avi output.")
-            written = 0
-            reader = _FrameReader(capture, total)
-            while True:
-                stop.check()
-                frames = reader.frames(batch_size)
-                if not frames:
-                    break
-                photos = np.stack(frames)
-                outputs = stylizer(photos)
-                for out, photo in zip(outputs, photos):
-                    if adjust != "none":
-                        out = adjust_brightness(out, photo, adjust)
-                    writer.write(np.ascontiguousarray(out[..., ::-1]))
-                written += len(frames)
-                if progress is not None:
-                    progress.update(len(frames))
-            writer.release()
-            if written == 0:
-                raise ImageError(f"{source} has no readable frames; check the file.")
-            make_readable(tmp)
-            os.replace(tmp, destination)
-        finally:
-            writer.release()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    finally:
-        capture.release()
-    return written, max(total, 0)
+
+def _stylize_video(stylizer, source, destination, batch_size, adjust, progress, stop):
+    from anime_gan import video
+
+    fn = _video_frames_fn(stylizer, brightness_mode(adjust))
+    written, announced, info = video.transform_video(fn, source, destination, batch_size, progress=progress,
+                                                     stop=stop, check_size=stylizer.check_size)
+    if not announced and info.bad_packets:  # no count announced (MKV, WebM): the frames seen
+        announced = written + info.bad_packets
+    return written, announced, info
 
 
 def _same_file(a, b):
@@ -573,7 +610,10 @@ def plan_output(input_path, output_path):
             f"--input={src} is neither an image ({', '.join(image_io.IMAGE_SUFFIXES)}) "
             f"nor a video ({', '.join(image_io.VIDEO_SUFFIXES)}); rename it or pass its folder."
         )
-    known = image_io.VIDEO_SUFFIXES if kind == "video" else image_io.WRITABLE_SUFFIXES
+    known = tuple(image_io.VIDEO_CONTAINERS) if kind == "video" else image_io.WRITABLE_SUFFIXES
+    if kind == "video" and image_io.is_video_path(out) and out.suffix.lower() not in known:
+        raise ImageError(f"--output={out}: videos are written as H.264, in {', '.join(known)}; "
+                         "use one of these suffixes.")
     if out.is_dir() or str(output_path).endswith(os.sep) or out.suffix.lower() not in known:
         if out.exists() and not out.is_dir():
             raise ImageError(f"--output={out} must end in one of {', '.join(known)} or be a folder.")
@@ -638,8 +678,7 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
 def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summary, progress, stop=_NEVER_STOP):
     """stylize_video, its outcome recorded in summary and logged in one line."""
     try:
-        frames, expected = stylize_video(stylizer, source, destination, batch_size, adjust, progress=progress,
-                                         stop=stop)
+        frames, expected, info = _stylize_video(stylizer, source, destination, batch_size, adjust, progress, stop)
     except ImageError as e:
         _report_failure(summary, source, str(e))
     except OSError as e:
@@ -654,7 +693,19 @@ def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summar
             summary.incomplete.append((str(source), reason))
             log.warning("%s", reason)
         else:
-            log.info("wrote %d frames to %s (audio is not copied)", frames, destination)
+            log.info("wrote %d frames to %s (%s)", frames, destination, _video_note(info))
+
+
+def _video_note(info):
+    """What became of a video's sound and size, for the line that says it was written."""
+    from anime_gan import video
+
+    audio = ("no audio track" if info.audio is None else f"{info.audio} audio copied"
+             if info.audio in video.AUDIO_COPY_CODECS else f"{info.audio} audio re-encoded to AAC")
+    height, width = video.even_size(info.height, info.width)
+    if (height, width) != (info.height, info.width):
+        audio += f"; {info.height}x{info.width} written as {height}x{width}: {video.ODD_SIZE_NOTE}"
+    return audio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,7 +756,8 @@ def define_flags():
     flags.DEFINE_string(
         "output", None,
         "Where to write: a file or folder for an image, a folder (sub-folders mirrored, videos as "
-        "NAME.mp4) for a folder, a file (.mp4, .avi, ...) or folder for a video.", required=True)
+        "NAME.mp4) for a folder, a file (.mp4, .m4v, .mov, .mkv, .avi: H.264 with the audio kept) or folder "
+        "for a video.", required=True)
     flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images (of one size) or video frames per batch.",
                          lower_bound=1)
     flags.DEFINE_flag(_brightness_flag())
