@@ -12,13 +12,15 @@ TF_PACKAGE ?= tensorflow-cpu
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+# The development venv holds every optional runtime, so the tests of each run (users pick extras).
+DEV_EXTRAS ?= test,onnx,openvino,tflite,app
 $(VENV)/.installed: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[$(DEV_EXTRAS)]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install the package with its test extras
+install: $(VENV)/.installed  ## create .venv and install the package with its test extras and every runtime extra
 
 test: $(VENV)/.installed  ## run the default test suite (slow tests excluded)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)

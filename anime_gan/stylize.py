@@ -135,16 +135,25 @@ def _stylizer_from_saved_model(path):
     return Stylizer(lambda x: fn(images=x)[IMAGES_KEY], max_side, str(path), keep_alive=loaded)
 
 
-def load_model(path, max_side=None):
-    """A `Stylizer` from any model path `anime_gan.load_generator` accepts (see `anime_gan.weights`).
+def load_model(path, max_side=None, runtime="tensorflow"):
+    """A `Stylizer` from any model path `anime_gan.load_generator` accepts (see `anime_gan.weights`),
+    or an exported .onnx file.
 
     A SavedModel runs its own serving signature and keeps the size cap it was exported with; for
     everything else (weights, training runs and checkpoints, TF1 checkpoints) max_side is the cap.
-    PathNotFoundError / ModelError (one sentence) for anything else.
+    runtime: "tensorflow", or another of `anime_gan.runtimes.RUNTIMES` (ONNX Runtime, OpenVINO,
+    LiteRT, or "auto": the fastest float-accurate one measured on this machine).
+    PathNotFoundError / ModelError / ConfigError (one sentence) for anything else.
     """
     from anime_gan.serving import DEFAULT_MAX_SIDE
     from anime_gan.weights import load_generator, resolve_model
 
+    if os.fspath(path).lower().endswith(".onnx"):
+        runtime = "auto" if runtime == "tensorflow" else runtime  # TensorFlow cannot run ONNX
+    if runtime != "tensorflow":
+        from anime_gan.runtimes import load_stylizer
+
+        return load_stylizer(path, runtime=runtime, max_side=max_side)
     path = pathlib.Path(os.fspath(path)).expanduser()
     source = resolve_model(path)
     if source.kind == "saved_model":
@@ -625,7 +634,7 @@ def plan_output(input_path, output_path):
 
 
 def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=False, max_side=None,
-        show_progress=None):
+        show_progress=None, runtime="tensorflow"):
     """Everything `python -m anime_gan.stylize` does, minus flag parsing. Returns a Summary.
 
     adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
@@ -649,7 +658,7 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
         if not jobs and not videos:
             raise ImageError(f"--input={input_path} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)}) "
                              f"and no videos ({', '.join(image_io.VIDEO_SUFFIXES)}).")
-    stylizer = load_model(model, max_side=max_side)
+    stylizer = load_model(model, max_side=max_side, runtime=runtime)
     summary = Summary(inputs=len(jobs) + len(videos))
     # disable=None: a bar on a terminal, none in logs and pipes.
     disable = None if show_progress is None else not show_progress
@@ -765,6 +774,12 @@ def define_flags():
         "max_side", None,
         f"Largest image side accepted when --model is weights (default {C.DEFAULT_MAX_SIDE}); a SavedModel "
         "keeps the cap it was exported with.", lower_bound=C.MIN_SIDE)
+    flags.DEFINE_enum(
+        "runtime", "tensorflow", ["auto", "tensorflow", "onnxruntime", "openvino", "litert"],
+        "Where the generator runs: tensorflow (the default; large images in bounded memory), onnxruntime or "
+        "openvino (float32 via ONNX, converted once and cached; an .onnx --model runs in one of them), "
+        "litert, or auto: the fastest float-accurate runtime measured on this machine (see "
+        "python -m anime_gan.runtimes).")
 
 
 def main(argv):
@@ -777,7 +792,7 @@ def main(argv):
         raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}{hint}; flags are written --name=value.")
     try:
         summary = run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
-                      FLAGS.max_side)
+                      FLAGS.max_side, runtime=FLAGS.runtime)
     except Interrupted as stopped:
         log.warning("%s", stopped.sentence())
         raise  # `anime_gan.cli.run` says "interrupted (Ctrl-C)" and exits with 130
