@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # Set TF_PACKAGE=tensorflow (GPU-capable build) instead of the lighter CPU-only default if you like.
 TF_PACKAGE ?= tensorflow-cpu
 
-.PHONY: help install test test-slow test-all test-kernels train data bench profile golden clean
+.PHONY: help install test test-slow test-all test-kernels train data bench profile golden clean app browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,10 +22,21 @@ $(VENV)/.installed: setup.py setup.cfg
 
 install: $(VENV)/.installed  ## create .venv and install the package with its test extras and every runtime extra
 
-test: $(VENV)/.installed  ## run the default test suite (slow tests excluded)
-	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+test: $(VENV)/.installed browser  ## run the default test suite (slow tests excluded)
+	$(PY) -m pytest -m "not slow" -q --durations=15 $(PYTEST_ARGS)
 
-test-slow: $(VENV)/.installed  ## run only the slow end-to-end tests
+# tests/test_app.py drives Debian's chromium headless; installed here when run as root (CI), else the
+# test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the page test"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "note: no chromium; tests/test_app.py's browser test will skip (apt-get install chromium)"; fi; }
+
+app: $(VENV)/.installed  ## a local page to try a model: http://127.0.0.1:7860/ (ARGS="--model=PATH --port=N")
+	$(PY) -m anime_gan.app $(ARGS)
+
+test-slow: $(VENV)/.installed browser  ## run only the slow end-to-end tests
 	$(PY) -m pytest -m slow -q $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed  ## run every test, slow ones included
