@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 
 from anime_gan import constants as C
 from anime_gan.errors import ConfigError, OutputExistsError
@@ -132,17 +131,9 @@ def write_onnx(generator, output, max_side=C.DEFAULT_MAX_SIDE, overwrite=False):
     if os.path.exists(output) and not overwrite:
         raise OutputExistsError(
             f"--output={output} already exists; pass --overwrite to replace it or choose another path.")
-    model = to_onnx(generator, max_side)
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".onnx_tmp_", suffix=".onnx", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from data_prep.files import write_bytes
+
+    write_bytes(output, to_onnx(generator, max_side).SerializeToString())
     return output
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -264,15 +263,9 @@ def write_tflite(generator, path, precision="float32", calibration_images=None, 
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise UserError(f"{path} is a directory; pass a file path ending in .tflite.")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=".tflite_tmp_", suffix=".tflite", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model_bytes)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+    from data_prep.files import write_bytes
+
+    write_bytes(path, model_bytes)
     return path
 
 

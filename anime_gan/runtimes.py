@@ -44,7 +44,6 @@ import os
 import pathlib
 import platform
 import statistics
-import tempfile
 import time
 
 import numpy as np
@@ -53,6 +52,7 @@ from anime_gan import constants as C
 from anime_gan.errors import ConfigError, ModelError, PathNotFoundError
 from anime_gan.image_io import ImageError
 from anime_gan.stylize import Stylizer
+from data_prep.files import write_bytes
 
 log = logging.getLogger("anime_gan.runtimes")
 
@@ -108,19 +108,6 @@ def importlib_has(package):
     import importlib.util
 
     return importlib.util.find_spec(package) is not None
-
-
-def _write_atomically(path, data):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +266,7 @@ def cached_onnx(generator):
     if not path.is_file():
         log.info("converting the model to ONNX once for this runtime (cached as %s) ...", path)
         start = time.perf_counter()
-        _write_atomically(path, to_onnx(generator).SerializeToString())
+        write_bytes(path, to_onnx(generator).SerializeToString())
         log.info("converted to ONNX in %.0f s.", time.perf_counter() - start)
     return path
 
@@ -454,7 +441,7 @@ def record(arch, measurements, source, path=None, size=None):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "runtimes": measurements,
     }
-    _write_atomically(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
+    write_bytes(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
     return table[machine_key(arch)]
 
 

@@ -35,7 +35,6 @@ import pathlib
 import re
 import signal
 import sys
-import tempfile
 import threading
 import types
 
@@ -45,7 +44,6 @@ from anime_gan import constants as C
 from anime_gan import image_io
 from anime_gan.errors import EXIT_FAILED, ConfigError, ModelError
 from anime_gan.image_io import ImageError
-from data_prep.files import make_readable
 
 # Named, not __name__: run as `python -m anime_gan.stylize` this module is "__main__".
 log = logging.getLogger("anime_gan.stylize")

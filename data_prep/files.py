@@ -44,11 +44,18 @@ def write_image(path, image: np.ndarray, bgr: bool = False) -> pathlib.Path:
         ok = False
     if not ok:
         raise ValueError(f"OpenCV cannot encode {path} as {suffix}; use a .png or .jpg name.")
+    return write_bytes(path, encoded.tobytes())
+
+
+def write_bytes(path, data: bytes) -> pathlib.Path:
+    """Writes data to path atomically: a hidden temporary file beside it (mode as for a new file),
+    moved into place, removed on any failure. Returns the path; OSError when it cannot be written."""
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(encoded.tobytes())
+            f.write(data)
         make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:

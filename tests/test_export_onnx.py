@@ -2,6 +2,7 @@
 generator in the same process (float output within 1e-4, uint8 within one level), keeps any size, and
 carries the architecture in its metadata; a bad file or an existing --output is one sentence."""
 
+import os
 import subprocess
 import sys
 
@@ -36,6 +37,10 @@ def onnx_file(weights_dir, tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote {out}" in proc.stdout
+    # Written through a temporary file (mkstemp makes it 0600): the model is readable as any new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     return out
 
 
