@@ -104,6 +104,7 @@ def test_training_checkpoint_under_a_policy(run):
         assert np.array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow  # two command-line runs (~25 s)
 def test_export_and_stylize_commands_accept_the_run_folder(run, photo, tmp_path):
     run_dir, trained = run
     out = tmp_path / "models" / "1"

@@ -196,7 +196,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path):
 
 # ---- mixed precision -----------------------------------------------------------------------------
 @pytest.mark.parametrize("policy, jit_compile", [
-    ("mixed_float16", False), ("mixed_bfloat16", False),
+    ("mixed_float16", False),
+    # The same checks as float16 without loss scaling; slow to keep `make test` under 15 minutes.
+    pytest.param("mixed_bfloat16", False, marks=pytest.mark.slow),
     # XLA compiles each step function for tens of seconds on this CPU.
     pytest.param("mixed_float16", True, marks=pytest.mark.slow),
     pytest.param("mixed_bfloat16", True, marks=pytest.mark.slow),
@@ -271,6 +273,7 @@ def test_xla_steps_match_the_plain_steps():
         assert np.linalg.norm(d_xla - d_plain) <= bound * np.linalg.norm(d_plain), phase
 
 
+@pytest.mark.slow  # ~30 s on 2 cores
 def test_fit_and_our_loop_take_the_same_first_steps():
     """AnimeGAN.train_step is the step of both: Keras' fit (with PhaseSchedule) and our loop's
     step functions, from equal weights, give the same losses and weights after one init step and

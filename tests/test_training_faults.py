@@ -123,6 +123,7 @@ def copy_of(healthy, tmp_path):
 
 
 # ---- 1. a bad update is caught before it is checkpointed -----------------------------------------
+@pytest.mark.slow  # a whole tiny run (~16 s); the guard itself is tested fast below
 def test_update_that_makes_weights_nan_stops_before_any_nan_checkpoint(tiny, tmp_path):
     # The issue's reproduction: init_lr=1e30 sends G to ~1e30 in step 1 and to NaN in step 2, while
     # the content loss of step 2 is still finite; before the fix ckpt-2 and on were all-NaN.
@@ -361,6 +362,7 @@ def test_second_trainer_is_refused_and_a_killed_ones_lock_is_taken_over(tiny, co
 
 
 # ---- 4. a full disk ------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole tiny run (~11 s); the line-level disk-full test stays fast
 def test_disk_full_while_writing_a_checkpoint(tiny, tmp_path, monkeypatch):
     """ENOSPC injected into the write of ckpt-3, leaving what a real full tmpfs left (TensorFlow's
     ckpt-3_temp/ with a partial shard, and its ResourceExhaustedError). One sentence; ckpt-1, ckpt-2
