@@ -85,24 +85,11 @@ def _reflect_pad_by_slices(x, top, bottom, left, right):
 
 @contextlib.contextmanager
 def _reflect_pad_as(mode):
-    """While tracing, G's layers pad with `mode` ("slices" or "mirror_pad")."""
+    """While tracing (in this thread), G's layers pad with `mode` ("slices" or "mirror_pad")."""
     from anime_gan import layers
 
-    if mode == "mirror_pad":
+    with layers.reflect_pad_as(None if mode == "mirror_pad" else _reflect_pad_by_slices):
         yield layers.reflect_pad
-        return
-    original = layers.reflect_pad
-
-    def pad(x, top, bottom, left, right):
-        if top == bottom == left == right == 0:
-            return x
-        return _reflect_pad_by_slices(x, top, bottom, left, right)
-
-    layers.reflect_pad = pad
-    try:
-        yield pad
-    finally:
-        layers.reflect_pad = original
 
 
 def _float32_generator(generator):

@@ -9,6 +9,9 @@ float32 output equal the official graph's bit for bit rather than merely close.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import keras
 import tensorflow as tf
 
@@ -32,10 +35,30 @@ def legacy_resize_bilinear(x, height, width):
     return tf.cast(y, x.dtype)
 
 
+# Another expression of the same reflect padding, for the code traced in this context only (see
+# `reflect_pad_as`); a ContextVar, so a thread tracing meanwhile keeps tf.pad.
+_REFLECT_PAD_IMPL = contextvars.ContextVar("reflect_pad_impl", default=None)
+
+
 def reflect_pad(x, top, bottom, left, right):
     if top == bottom == left == right == 0:
         return x
+    impl = _REFLECT_PAD_IMPL.get()
+    if impl is not None:
+        return impl(x, top, bottom, left, right)
     return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="REFLECT")
+
+
+@contextlib.contextmanager
+def reflect_pad_as(impl):
+    """While in this block (in this thread), the layers pad with impl(x, top, bottom, left, right)
+    instead of tf.pad(mode="REFLECT"); impl must give the same values (the TFLite export writes the
+    pads as slices, which XNNPACK runs). None keeps tf.pad."""
+    token = _REFLECT_PAD_IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _REFLECT_PAD_IMPL.reset(token)
 
 
 def instance_norm(x, gamma, beta, epsilon, out_dtype=None):

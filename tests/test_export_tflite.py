@@ -183,3 +183,30 @@ def test_a_tflite_model_of_another_contract_is_refused():
         pytest.skip(R.SKIP_REASON)
     with pytest.raises(ModelError, match=r"is not a model written by the anime_gan TFLite export \(one uint8"):
         E.TFLiteRunner(R.REFERENCE_V2)
+
+
+def test_the_slices_pad_applies_only_in_the_tracing_thread():
+    # The export swaps the pad through a ContextVar: another thread tracing meanwhile keeps tf.pad.
+    import threading
+
+    import tensorflow as tf
+
+    from anime_gan import layers
+
+    x = tf.reshape(tf.range(2 * 5 * 6 * 1, dtype=tf.float32), [2, 5, 6, 1])
+    calls, seen = [], {}
+
+    def spy(*args):
+        calls.append(args[1:])
+        return E._reflect_pad_by_slices(*args)
+
+    other = threading.Thread(target=lambda: seen.update(other=layers.reflect_pad(x, 1, 2, 3, 1)))
+    with layers.reflect_pad_as(spy):
+        here = layers.reflect_pad(x, 1, 2, 3, 1)
+        other.start()
+        other.join()
+    after = layers.reflect_pad(x, 1, 2, 3, 1)
+    assert calls == [(1, 2, 3, 1)]  # only this thread's call, only inside the block
+    expected = tf.pad(x, [[0, 0], [1, 2], [3, 1], [0, 0]], mode="REFLECT").numpy()
+    for y in (here, seen["other"], after):
+        np.testing.assert_array_equal(np.asarray(y), expected)
