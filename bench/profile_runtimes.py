@@ -32,6 +32,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from bench.common import median_ms
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -88,15 +90,6 @@ def table(title, totals, runs, wall_ms, top):
     return "\n".join(lines)
 
 
-def timed(fn, runs):
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000.0)
-    return statistics.median(times)
-
-
 def profile_onnxruntime(path, image):
     """({op type: summed kernel ms over the timed runs}, median wall ms, float32 [-1, 1] output)."""
     import onnxruntime as ort
@@ -113,7 +106,7 @@ def profile_onnxruntime(path, image):
     run = lambda: session.run([OUTPUT_NAME, FLOAT_OUTPUT_NAME], {INPUT_NAME: image})  # noqa: E731
     for _ in range(FLAGS.warmup):
         run()
-    wall = timed(run, FLAGS.runs)
+    wall = median_ms(run, FLAGS.runs, warmup=0)
     y = run()[1]
     profile = session.end_profiling()
     with open(profile) as f:
@@ -203,11 +196,11 @@ def main(argv):
         official = OfficialGenerator(OFFICIAL_META)
         official.assign(values)
         official(x_float), official(x_float)
-        context["official TF1 graph (v1)"] = timed(lambda: official(x_float), FLAGS.runs)
+        context["official TF1 graph (v1)"] = median_ms(lambda: official(x_float), FLAGS.runs, warmup=0)
         official.close()
     f = tf.function(generator.call, input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32)])
     f(x_float), f(x_float)
-    context[f"ours TF float32 ({FLAGS.arch})"] = timed(lambda: f(x_float).numpy(), FLAGS.runs)
+    context[f"ours TF float32 ({FLAGS.arch})"] = median_ms(lambda: f(x_float).numpy(), FLAGS.runs, warmup=0)
 
     with tempfile.TemporaryDirectory() as workdir:
         path = os.path.join(workdir, f"{FLAGS.arch}.onnx")
@@ -221,7 +214,8 @@ def main(argv):
                                    height=h, width=w)
                 runner = TFLiteRunner(tfl, threads=FLAGS.threads)
                 runner(image), runner(image)
-                context["LiteRT int8 dynamic-range (wall only)"] = timed(lambda: runner(image), FLAGS.runs)
+                context["LiteRT int8 dynamic-range (wall only)"] = median_ms(lambda: runner(image), FLAGS.runs,
+                                                                             warmup=0)
                 del runner
             except Exception as e:  # noqa: BLE001 - a context line only
                 print(f"LiteRT skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
