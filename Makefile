@@ -72,7 +72,7 @@ bench: $(VENV)/.installed  ## benchmarks: prints markdown tables, writes bench/r
 profile: $(VENV)/.installed  ## TensorBoard profile of the generator (official graph vs ours), op-type table (ARGS="--size=720x1280")
 	$(PY) -m bench.profile_generator $(ARGS)
 
-# The PyTorch port's .pt weights (anime_gan.torch_weights) are read without torch; their tests compare
+# The PyTorch port's .pt weights (anime_gan.weights.torch_port) are read without torch; their tests compare
 # against a real PyTorch model, so torch (CPU) is installed into .venv for them only, if missing.
 TORCH_PACKAGE ?= torch==2.13.*
 .PHONY: test-torch

@@ -7,12 +7,14 @@ command-line tools that only need part of the package.
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Generator": "anime_gan.generator",
-    "Discriminator": "anime_gan.discriminator",
-    "load_generator": "anime_gan.weights",
-    "save_generator": "anime_gan.weights",
-    "convert_checkpoint": "anime_gan.weights",
-    "export_saved_model": "anime_gan.serving",
+    "Generator": "anime_gan.nets",
+    "GeneratorV2": "anime_gan.nets",
+    "build_generator": "anime_gan.nets",
+    "Discriminator": "anime_gan.nets.discriminator",
+    "load_generator": "anime_gan.weights.loading",
+    "save_generator": "anime_gan.weights.loading",
+    "convert_checkpoint": "anime_gan.weights.loading",
+    "export_saved_model": "anime_gan.deploy.saved_model",
 }
 
 __all__ = sorted([*_EXPORTS, "stylize"])

@@ -69,7 +69,7 @@ class ModelChoice:
 
     def as_json(self):
         from anime_gan.pretrained import CATALOGUE
-        from anime_gan.weights import ARCH_LABEL
+        from anime_gan.weights.loading import ARCH_LABEL
 
         arch = ARCH_LABEL.get(self.arch, "architecture unknown")
         short = f"{self.name} · {self.style}" if self.name in CATALOGUE else f"{self.style} · {arch}"
@@ -79,10 +79,10 @@ class ModelChoice:
 
 def _arch_of(source):
     """"v1" / "v2" of what resolve_model found, read from its files without building a model."""
-    from anime_gan.weights import source_spec
+    from anime_gan.weights.loading import source_spec
 
     if source.kind == "torch":
-        return "v2"  # the PyTorch port's weights are AnimeGANv2 (anime_gan.torch_weights)
+        return "v2"  # the PyTorch port's weights are AnimeGANv2 (anime_gan.weights.torch_port)
     return source_spec(source)[0]
 
 
@@ -108,7 +108,7 @@ def find_models(paths=(), directory=None):
     official weights downloaded into the weights folder (`anime_gan.pretrained.weights_dir`), then the
     other models in it (training runs, converted weights). Each model once, in that order."""
     from anime_gan import pretrained
-    from anime_gan.weights import resolve_model
+    from anime_gan.weights.loading import resolve_model
 
     choices, seen = [], set()
 
@@ -219,7 +219,7 @@ def parse_cap(value, model_cap):
 def size_checker(cap):
     """check_size(height, width, name) raising the command line's ImageError for sides over cap."""
     from anime_gan.image_io import ImageError
-    from anime_gan.serving import size_error
+    from anime_gan.deploy.saved_model import size_error
 
     def check(height, width, name="image"):
         problem = size_error(height, width, cap, name)

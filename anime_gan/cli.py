@@ -75,15 +75,26 @@ def _prepare() -> None:
     _quiet_tensorflow_logs()
 
 
-def run(main) -> None:
+def reject_arguments(argv, hint="") -> None:
+    """Commands take flags only: words absl left unparsed are one sentence (`hint` may add a clause)."""
+    from anime_gan.errors import ConfigError
+
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}{hint}; flags are written --name=value.")
+
+
+def run(main, define_flags=None) -> None:
     """The one way every command (train, stylize, export, convert) runs `main(argv)`.
 
     absl's `app.run` with the project's contract (`anime_gan.errors`): a flag absl cannot parse or a
     USER_ERRORS exception prints `error: <message>` and exits 2; TrainingStopped prints its message
     and exits 1; Ctrl-C exits 130 without a traceback; `main`'s own return value is the exit status
-    otherwise. Before `main`: logging (`setup_logging`) and a quiet TensorFlow import.
+    otherwise. Before `main`: `define_flags()` if given (flags exist only when a module runs as a
+    command), logging (`setup_logging`) and a quiet TensorFlow import.
     """
     from anime_gan.errors import USER_ERRORS, TrainingStopped
     from data_prep import console
 
+    if define_flags is not None:
+        define_flags()
     console.run(main, user_errors=USER_ERRORS, failures=(TrainingStopped,), loggers=LOGGERS, prepare=_prepare)

@@ -1,4 +1,7 @@
-"""Facts of the original AnimeGAN, in one place (see ORIGINAL.md in the shared notes)."""
+"""Facts in one place: the original AnimeGAN/AnimeGANv2 numbers we match (docs/original.md lists their
+sources), and the project's own names for files, runtimes and precisions."""
+
+import re
 
 # Instance norm epsilons of the official generator: the plain conv blocks and the inverted residual
 # blocks use slim's default 1e-5; the separable conv blocks were written with 1e-6.
@@ -21,7 +24,7 @@ GENERATOR_VARIABLES = 129
 N_INVERTED_RESIDUAL = 8
 # The generator halves the resolution twice: outputs are 4*floor(H/4) x 4*floor(W/4).
 GENERATOR_STRIDE = 4
-# The size rule of every image we stylize (`anime_gan.serving.size_error`): the smallest side G
+# The size rule of every image we stylize (`anime_gan.deploy.saved_model.size_error`): the smallest side G
 # accepts after padding to a multiple of 4 (found by running G on 1..12 pixels: 8 is the first size
 # whose quarter-resolution maps are wide enough for its reflect pads), and the default cap
 # (--max_side) on the largest side.
@@ -52,3 +55,36 @@ GP_GAN_TYPES = ("wgan-gp", "wgan-lp", "dragan")  # the types whose D loss adds a
 ADAM_EPSILON = 1e-8
 ADAM_BETA1 = 0.5
 ADAM_BETA2 = 0.999
+
+
+# ---- the project's own names --------------------------------------------------------------------
+WEIGHTS_FILENAME = "generator.weights.h5"
+RUN_WEIGHTS = f"generator/{WEIGHTS_FILENAME}"  # a training run's final weights, inside its folder
+SAVED_MODEL_DIR = "saved_model"  # what convert, pretrained and training write beside the weights
+SAVED_MODEL_FILENAME = "saved_model.pb"
+
+# Every form a model path may take (`anime_gan.load_generator`, `--model`, `--checkpoint_dir`, the page);
+# a catalogue name (`python -m anime_gan.pretrained list`) is read as its installed folder.
+MODEL_FORMS = (
+    "a SavedModel folder",
+    f"a folder holding {WEIGHTS_FILENAME}",
+    f"a training run folder (its {RUN_WEIGHTS}, else its newest ckpt-N)",
+    "a training checkpoint prefix such as run/ckpt-12",
+    "a .weights.h5 file",
+    "an official TF1 checkpoint prefix",
+    "a .pt file of the PyTorch port",
+    "a catalogue name such as hayao-v2",
+)
+ACCEPTED_FORMS = ", ".join(MODEL_FORMS[:-1]) + " or " + MODEL_FORMS[-1]
+
+# Where inference runs (`stylize --runtime`), and the precisions an export can be written in.
+RUNTIMES = ("auto", "tensorflow", "onnxruntime", "openvino", "litert")
+TFLITE_PRECISIONS = ("float32", "float16", "int8", "int8_full")
+
+_CHECKPOINT_NUMBER = re.compile(r"-(\d+)(?:\.ckpt)?$")
+
+
+def checkpoint_number(prefix) -> int:
+    """N of a checkpoint prefix NAME-N (TF2 `ckpt-12`, TF1 `Hayao-60` or `Hayao-60.ckpt`); -1 if none."""
+    match = _CHECKPOINT_NUMBER.search(str(prefix))
+    return int(match.group(1)) if match else -1

@@ -5,11 +5,11 @@ our Keras 3 generator weights.
     python -m anime_gan.convert --pytorch=face_paint_512_v2.pt --output=checkpoints/face_paint_v2
 
 writes OUTPUT/generator.weights.h5 (read by `anime_gan.load_generator`; `anime_gan.convert_checkpoint`
-and `anime_gan.torch_weights.convert_torch` from Python) and, unless --nosaved_model, OUTPUT/saved_model/
+and `anime_gan.weights.torch_port.convert_torch` from Python) and, unless --nosaved_model, OUTPUT/saved_model/
 for TF Serving (`anime_gan.export`).
 
 --pytorch reads a state_dict of bryandlee/animegan2-pytorch's Generator (torch is not needed; the
-file's pickle may name nothing but tensors, see `anime_gan.torch_weights`). The generator computes as
+file's pickle may name nothing but tensors, see `anime_gan.weights.torch_port`). The generator computes as
 the port's forward does (resize to the recorded sizes with align_corners=True, so the output keeps
 the input's size; GroupNorm eps 1e-5); --resize=tf1 gives the official graph's legacy x2 upsampling
 instead. Either way the choice is stored in the weights file, so nothing downstream needs a flag.
@@ -55,16 +55,16 @@ def main(argv):
         raise ConfigError("--resize applies to --pytorch only; an official checkpoint converts to the official graph.")
 
     from anime_gan.export import export
-    from anime_gan.generator_v2 import RESIZE_MODES
+    from anime_gan.nets.generator_v2 import RESIZE_MODES
 
     if FLAGS.resize and FLAGS.resize not in RESIZE_MODES:
         raise ConfigError(f"--resize must be one of {', '.join(RESIZE_MODES)} (got {FLAGS.resize!r}).")
     if FLAGS.pytorch:
-        from anime_gan.torch_weights import PORT_RESIZE, convert_torch
+        from anime_gan.weights.torch_port import PORT_RESIZE, convert_torch
 
         path = convert_torch(FLAGS.pytorch, FLAGS.output, FLAGS.resize or PORT_RESIZE)
     else:
-        from anime_gan.weights import convert_checkpoint
+        from anime_gan.weights.loading import convert_checkpoint
 
         path = convert_checkpoint(FLAGS.tf1_checkpoint, FLAGS.output)
     print(f"wrote {path}")

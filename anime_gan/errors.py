@@ -18,7 +18,7 @@ from data_prep.report import DataError
 
 __all__ = [
     "EXIT_OK", "EXIT_FAILED", "EXIT_USER_ERROR", "EXIT_INTERRUPTED", "USER_ERRORS",
-    "UserError", "ConfigError", "ModelError", "PathNotFoundError", "OutputExistsError", "TrainingStopped",
+    "first_line", "UserError", "ConfigError", "ModelError", "PathNotFoundError", "OutputExistsError", "TrainingStopped",
 ]
 
 
@@ -48,3 +48,10 @@ class TrainingStopped(Exception):
 
 
 USER_ERRORS = (UserError, DataError)
+
+
+def first_line(error) -> str:
+    """The first line of an exception's message, without its full stop (its type name if empty): the
+    reason quoted inside our own one-sentence errors."""
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__

@@ -5,8 +5,8 @@ model (ONNX Runtime, OpenVINO) or a TFLite model (LiteRT, phones).
     python -m anime_gan.export --format=onnx --checkpoint_dir=checkpoints/hayao --output=hayao.onnx
     python -m anime_gan.export --format=tflite --precision=float16 --checkpoint_dir=... --output=hayao.tflite
 
---format=saved_model (the default) is described below; onnx: see `anime_gan.export_onnx` (uint8 in,
-uint8 out, size kept, dynamic N/H/W; needs tf2onnx); tflite: see `anime_gan.export_tflite`
+--format=saved_model (the default) is described below; onnx: see `anime_gan.deploy.onnx` (uint8 in,
+uint8 out, size kept, dynamic N/H/W; needs tf2onnx); tflite: see `anime_gan.deploy.tflite`
 (--precision float32, float16 or int8).
 
 --checkpoint_dir takes whatever `anime_gan.load_generator` reads: a training run's --checkpoint_dir
@@ -16,7 +16,7 @@ generator.weights.h5 (`anime_gan.convert` output, run/epochs/epoch_NNN), a Saved
 (re-exported, e.g. with another --max_side), a .weights.h5 file, or an official TF1 checkpoint
 prefix. The SavedModel has two signatures, `serving_default`
 (uint8 images -> uint8 images, same size) and `stylize_bytes` (encoded images -> PNG bytes); see
-`anime_gan.serving`. TF Serving wants a numbered version folder (the `/1` above).
+`anime_gan.deploy.saved_model`. TF Serving wants a numbered version folder (the `/1` above).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from anime_gan import constants as C
 from anime_gan.errors import ConfigError, OutputExistsError
 
 FORMATS = ("saved_model", "onnx", "tflite")
-PRECISIONS = ("float32", "float16", "int8", "int8_full")  # anime_gan.export_tflite.PRECISIONS
+PRECISIONS = ("float32", "float16", "int8", "int8_full")  # anime_gan.deploy.tflite.PRECISIONS
 CALIBRATION_PHOTOS = 32  # at most this many photos of --calibration_dir calibrate int8_full
 
 def define_flags():
@@ -42,7 +42,7 @@ def define_flags():
     flags.DEFINE_enum("format", "saved_model", FORMATS, "What to write: a SavedModel directory, an .onnx "
                       "file or a .tflite file.")
     flags.DEFINE_enum("precision", "float32", PRECISIONS, "Weights and arithmetic of --format=tflite (see "
-                      "anime_gan.export_tflite).")
+                      "anime_gan.deploy.tflite).")
     flags.DEFINE_string("size", "256x256", "HEIGHTxWIDTH of a --format=tflite model (its size is fixed).")
     flags.DEFINE_string("calibration_dir", None, "A folder of real photos calibrating --precision=int8_full "
                         f"(the first {CALIBRATION_PHOTOS}, sorted by name).")
@@ -68,7 +68,7 @@ def export(checkpoint_dir, output, max_side=C.DEFAULT_MAX_SIDE, overwrite=False,
         raise OutputExistsError(
             f"--output={output} already exists; pass --overwrite to replace it or choose another path.")
     writer = _writer(format)
-    from anime_gan.weights import load_generator
+    from anime_gan.weights.loading import load_generator
 
     generator = load_generator(checkpoint_dir)
     if format == "saved_model":
@@ -102,7 +102,7 @@ def _writer(format):
     """The function that writes `format`, imported before the (slow) model load so a missing package is
     reported first."""
     if format == "saved_model":
-        from anime_gan.serving import export_saved_model
+        from anime_gan.deploy.saved_model import export_saved_model
 
         return export_saved_model
     if format == "onnx":
@@ -110,11 +110,11 @@ def _writer(format):
 
         if importlib.util.find_spec("tf2onnx") is None:
             raise ConfigError("tf2onnx is not installed; pip install 'anime-gan-tf2[onnx]' to export ONNX.")
-        from anime_gan.export_onnx import write_onnx
+        from anime_gan.deploy.onnx import write_onnx
 
         return write_onnx
     try:
-        from anime_gan.export_tflite import write_tflite
+        from anime_gan.deploy.tflite import write_tflite
     except ImportError as e:
         raise ConfigError(f"the TFLite export is not available ({e}).") from None
     return write_tflite

@@ -5,11 +5,11 @@
     python -m anime_gan.stylize --model=hayao-v2 --input=photo.jpg --output=anime.jpg
 
 `download NAME` fetches the official TF1 checkpoint of NAME (`CATALOGUE`), converts it
-(as `anime_gan.weights.convert_checkpoint` does: the checkpoint must hold exactly the official
+(as `anime_gan.weights.loading.convert_checkpoint` does: the checkpoint must hold exactly the official
 generator variables, v1 or v2 told by their names) and exports a SavedModel (as `anime_gan.export`
 does; --nosaved_model skips it), into DIR/NAME/: `generator.weights.h5`, `saved_model/` (TF Serving)
 and `SOURCE.json` (the URLs, sizes, SHA-256 of what was downloaded, the date). Every model path (`stylize --model`, `export --checkpoint_dir`,
-`anime_gan.load_generator`) then also accepts the bare name: `anime_gan.weights.resolve_model` looks
+`anime_gan.load_generator`) then also accepts the bare name: `anime_gan.weights.loading.resolve_model` looks
 it up in DIR (default `checkpoints`, or $ANIME_GAN_WEIGHTS_DIR).
 
 Downloads go through `data_prep.download.download` (progress bar, retry, HTTP Range resume, size
@@ -269,8 +269,8 @@ def _convert(entry_, prefix, build, max_side, saved_model):
     """The TF1 checkpoint at prefix -> build/generator.weights.h5 (and build/saved_model/); ModelError
     (one sentence) when it is not exactly the official generator of the entry's architecture."""
 
-    from anime_gan import weights
-    from anime_gan.serving import export_saved_model
+    from anime_gan.weights import loading as weights
+    from anime_gan.deploy.saved_model import export_saved_model
 
     # A data file cut short or damaged: read_tf1_checkpoint says so (ModelError, one sentence).
     values = weights.read_tf1_checkpoint(prefix)
@@ -353,7 +353,7 @@ def download(name, directory=None, force=False, mirror=None, retries=5, backoff=
                              f"({str(e).rstrip('.')}); it was removed, check the mirror if one is set or run "
                              "again.") from None
         from anime_gan import __version__
-        from anime_gan.weights import WEIGHTS_FILENAME
+        from anime_gan.weights.loading import WEIGHTS_FILENAME
 
         manifest = {
             "name": name,

@@ -10,7 +10,7 @@
 `load_stylizer` returns an `anime_gan.stylize.Stylizer` (same call, `check_size`, `max_side`, `source`).
 `model` is anything `anime_gan.load_generator` reads, or an ONNX file written by
 `python -m anime_gan.export --format=onnx` (which runs in onnxruntime or openvino, not tensorflow).
-A non-TensorFlow runtime given a TensorFlow model converts it to ONNX once (`anime_gan.export_onnx`,
+A non-TensorFlow runtime given a TensorFlow model converts it to ONNX once (`anime_gan.deploy.onnx`,
 10-20 s) and caches the file under $XDG_CACHE_HOME/anime_gan/onnx/ (default ~/.cache), named by a
 hash of the architecture, its options and the weights' bytes; a log line says when it converts.
 
@@ -21,7 +21,7 @@ Runtimes (each an optional package; tensorflow always works):
   have it, 27-35 dB from float32) and one thread per CPU (its default counts physical cores). The
   dynamic-shape model runs a size the first time it is seen; a size seen again gets a model compiled
   for that shape (0.5 s once, 6-10% faster per call; at most 4 kept).
-- litert: the float32 TFLite export (`anime_gan.export_tflite`) in LiteRT + XNNPACK. That export has a
+- litert: the float32 TFLite export (`anime_gan.deploy.tflite`) in LiteRT + XNNPACK. That export has a
   fixed size, so each new image size is converted once (and cached): fine for a video, slow for a
   folder of photos of many sizes. `auto` does not pick it (its runner returns uint8 only, so its
   accuracy is not measured here).
@@ -89,7 +89,7 @@ def installed(runtime):
     """True when the runtime's package imports (tensorflow: always)."""
     if runtime == "tensorflow":
         return True
-    if runtime == "litert" and not importlib_has("anime_gan.export_tflite"):
+    if runtime == "litert" and not importlib_has("anime_gan.deploy.tflite"):
         return False
     return importlib_has(PACKAGES[runtime][0])
 
@@ -98,7 +98,7 @@ def _require(runtime):
     if not installed(runtime):
         package, extra = PACKAGES[runtime]
         if runtime == "litert" and importlib_has(package):
-            raise ConfigError("the LiteRT runtime needs anime_gan.export_tflite, which this install lacks; "
+            raise ConfigError("the LiteRT runtime needs anime_gan.deploy.tflite, which this install lacks; "
                               "use --runtime=tensorflow.")
         raise ConfigError(f"{package} is not installed; pip install 'anime-gan-tf2[{extra}]' or use "
                           "--runtime=tensorflow.")
@@ -122,7 +122,7 @@ class OnnxRuntimeRunner:
     def __init__(self, path, num_threads=None):
         import onnxruntime as ort
 
-        from anime_gan.export_onnx import FLOAT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+        from anime_gan.deploy.onnx import FLOAT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads or threads()
@@ -150,7 +150,7 @@ class OpenVinoRunner:
     def __init__(self, path, num_threads=None):
         import openvino as ov
 
-        from anime_gan.export_onnx import FLOAT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+        from anime_gan.deploy.onnx import FLOAT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
         self.core = ov.Core()
         self.config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": num_threads or threads(),
@@ -223,7 +223,7 @@ def read_onnx_metadata(path):
     """The anime_gan metadata of an ONNX file; ModelError (one sentence) if it is not a readable ONNX model."""
     import onnx
 
-    from anime_gan.export_onnx import read_metadata
+    from anime_gan.deploy.onnx import read_metadata
 
     path = pathlib.Path(path)
     if not path.is_file():
@@ -243,7 +243,7 @@ def weights_key(generator):
     """A hash of what the exported graph depends on: architecture, options, weights, converter."""
     import tf2onnx
 
-    from anime_gan.export_onnx import FORMAT_VERSION
+    from anime_gan.deploy.onnx import FORMAT_VERSION
 
     h = hashlib.sha256()
     h.update(json.dumps([generator.arch, generator.options(), FORMAT_VERSION, tf2onnx.__version__],
@@ -260,7 +260,7 @@ def cached_onnx(generator):
     if not importlib_has("tf2onnx"):
         raise ConfigError("tf2onnx is not installed (it converts the model for this runtime); pip install "
                           "'anime-gan-tf2[onnx]' or use --runtime=tensorflow.")
-    from anime_gan.export_onnx import to_onnx
+    from anime_gan.deploy.onnx import to_onnx
 
     path = cache_dir() / "onnx" / f"{generator.arch}-{weights_key(generator)}.onnx"
     if not path.is_file():
@@ -273,7 +273,7 @@ def cached_onnx(generator):
 
 def cached_tflite(generator, height, width):
     """The generator's float32 TFLite file for one size in the cache folder, converted the first time."""
-    from anime_gan.export_tflite import write_tflite
+    from anime_gan.deploy.tflite import write_tflite
 
     path = cache_dir() / "tflite" / f"{generator.arch}-{weights_key(generator)}-{height}x{width}-float32.tflite"
     if not path.is_file():
@@ -293,7 +293,7 @@ class LiteRTRunner:
         self.runners = {}
 
     def __call__(self, images):
-        from anime_gan.export_tflite import TFLiteRunner
+        from anime_gan.deploy.tflite import TFLiteRunner
 
         size = tuple(images.shape[1:3])
         if size not in self.runners:
@@ -341,7 +341,7 @@ def load_stylizer(model, runtime="tensorflow", max_side=None):
         return load_model(model, max_side=max_side)
     if runtime != "auto":
         _require(runtime)
-    from anime_gan.weights import load_generator, resolve_model
+    from anime_gan.weights.loading import load_generator, resolve_model
 
     source = resolve_model(pathlib.Path(os.fspath(model)).expanduser())
     cap = (_saved_model_cap(source.path) if source.kind == "saved_model" else None) or max_side \
@@ -499,7 +499,7 @@ def calibrate(candidates, generator=None, onnx_path=None, repeats=CALIBRATION_RE
         import tensorflow as tf
 
         from anime_gan.image_io import images_to_unit_range
-        from anime_gan.serving import IMAGES_KEY, StylizeModule, _float32_generator, generate
+        from anime_gan.deploy.saved_model import IMAGES_KEY, StylizeModule, _float32_generator, generate
 
         module = StylizeModule(generator)
         g32 = _float32_generator(generator)
@@ -560,7 +560,7 @@ def main(argv):
     if FLAGS.calibrate:
         if not FLAGS.model:
             raise ConfigError("--calibrate needs --model=PATH (the generator to time).")
-        from anime_gan.weights import load_generator
+        from anime_gan.weights.loading import load_generator
 
         generator = load_generator(FLAGS.model)
         candidates = ["tensorflow"] + [r for r in ("onnxruntime", "openvino") if installed(r)]

@@ -2,17 +2,17 @@
 
     python -m anime_gan.stylize --model=checkpoints/hayao --input=photos/ --output=anime/
 
---model takes whatever `anime_gan.load_generator` reads (see `anime_gan.weights`): a SavedModel
+--model takes whatever `anime_gan.load_generator` reads (see `anime_gan.weights.loading`): a SavedModel
 directory (from `anime_gan.export`, `anime_gan.convert` or training), a directory holding
 generator.weights.h5, a training run's --checkpoint_dir (its final weights, else its newest
 checkpoint), a training checkpoint prefix (run/ckpt-12), a .weights.h5 file, or an official TF1
 checkpoint prefix.
 --input is an image, a folder (sub-folders are mirrored under --output; the videos in it are
 stylized too, each into NAME.mp4) or a video (written as H.264 in MP4 with the same frame timestamps,
-frame count and size, and its audio track; see `anime_gan.video`). Files are read and written in
+frame count and size, and its audio track; see `anime_gan.inference.video`). Files are read and written in
 threads beside the model, and a video is decoded and encoded beside it, so the model never waits.
 
-Each image keeps its exact size (see `anime_gan.serving`). Files that cannot be stylized are
+Each image keeps its exact size (see `anime_gan.deploy.saved_model`). Files that cannot be stylized are
 reported one line each (an image too large for --max_side is refused from its header, before it is
 decoded); the others are still written, and the command exits with status 1 and a summary. So does
 a video whose frames could not all be decoded (it is written without them). Ctrl-C stops after the
@@ -50,7 +50,7 @@ log = logging.getLogger("anime_gan.stylize")
 
 DEFAULT_BATCH_SIZE = 4
 MODEL_ENV = "ANIME_GAN_MODEL"
-VIDEO_OUTPUT_SUFFIX = ".mp4"  # container of every video we write (H.264, see anime_gan.video)
+VIDEO_OUTPUT_SUFFIX = ".mp4"  # container of every video we write (H.264, see anime_gan.inference.video)
 IO_WORKERS = 2  # threads reading and writing image files while the model runs (see stylize_images)
 # An image (or video frame) of more pixels runs alone, never batched with others: the memory a batch
 # takes grows with its pixels, and large images may take a bounded-memory (banded) path.
@@ -80,8 +80,8 @@ class Stylizer:
         self._keep_alive = keep_alive  # a loaded SavedModel must outlive its signatures
 
     def check_size(self, height, width, name="image"):
-        """ImageError unless the size rule (`anime_gan.serving.size_error`) accepts the image."""
-        from anime_gan.serving import size_error
+        """ImageError unless the size rule (`anime_gan.deploy.saved_model.size_error`) accepts the image."""
+        from anime_gan.deploy.saved_model import size_error
 
         problem = size_error(height, width, self.max_side, name)
         if problem:
@@ -111,7 +111,7 @@ def model_error_message(error):
 
 
 def _stylizer_from_generator(generator, max_side, source):
-    from anime_gan.serving import StylizeModule
+    from anime_gan.deploy.saved_model import StylizeModule
 
     # Called, the module runs batches that fit the memory budget whole through a plain graph of G and
     # only larger images through its bounded (banded) serving graph.
@@ -122,7 +122,7 @@ def _stylizer_from_generator(generator, max_side, source):
 def _stylizer_from_saved_model(path):
     import tensorflow as tf
 
-    from anime_gan.serving import DEFAULT_MAX_SIDE, IMAGES_KEY, SERVING_SIGNATURE
+    from anime_gan.deploy.saved_model import DEFAULT_MAX_SIDE, IMAGES_KEY, SERVING_SIGNATURE
 
     loaded = tf.saved_model.load(str(path))
     if SERVING_SIGNATURE not in loaded.signatures:
@@ -134,7 +134,7 @@ def _stylizer_from_saved_model(path):
 
 
 def load_model(path, max_side=None, runtime="tensorflow"):
-    """A `Stylizer` from any model path `anime_gan.load_generator` accepts (see `anime_gan.weights`),
+    """A `Stylizer` from any model path `anime_gan.load_generator` accepts (see `anime_gan.weights.loading`),
     or an exported .onnx file.
 
     A SavedModel runs its own serving signature and keeps the size cap it was exported with; for
@@ -143,8 +143,8 @@ def load_model(path, max_side=None, runtime="tensorflow"):
     LiteRT, or "auto": the fastest float-accurate one measured on this machine).
     PathNotFoundError / ModelError / ConfigError (one sentence) for anything else.
     """
-    from anime_gan.serving import DEFAULT_MAX_SIDE
-    from anime_gan.weights import load_generator, resolve_model
+    from anime_gan.deploy.saved_model import DEFAULT_MAX_SIDE
+    from anime_gan.weights.loading import load_generator, resolve_model
 
     if os.fspath(path).lower().endswith(".onnx"):
         runtime = "auto" if runtime == "tensorflow" else runtime  # TensorFlow cannot run ONNX
@@ -177,7 +177,7 @@ def get_model(model=None):
             _MODELS[key] = load_model(model)
         return _MODELS[key]
     if hasattr(model, "tf1_variable_map"):  # an anime_gan Generator
-        from anime_gan.serving import DEFAULT_MAX_SIDE
+        from anime_gan.deploy.saved_model import DEFAULT_MAX_SIDE
 
         return _stylizer_from_generator(model, DEFAULT_MAX_SIDE, "Generator")
     raise TypeError(f"model must be a path, a Generator or a Stylizer, not {type(model).__name__}.")
@@ -568,7 +568,7 @@ def _video_frames_fn(stylizer, adjust):
 def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None,
                   stop=_NEVER_STOP):
     """Stylizes a video frame by frame into destination: H.264 in MP4 with the same frame timestamps
-    (so fps), frame count and size, and the audio track kept (see `anime_gan.video`).
+    (so fps), frame count and size, and the audio track kept (see `anime_gan.inference.video`).
 
     Decoding, stylizing and encoding overlap (two threads beside the calling one). Written to a
     temporary file beside destination and moved into place only when complete (a stop, see
@@ -583,7 +583,7 @@ def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, 
 
 
 def _stylize_video(stylizer, source, destination, batch_size, adjust, progress, stop):
-    from anime_gan import video
+    from anime_gan.inference import video
 
     fn = _video_frames_fn(stylizer, brightness_mode(adjust))
     written, announced, info = video.transform_video(fn, source, destination, batch_size, progress=progress,
@@ -705,7 +705,7 @@ def _stylize_video_job(stylizer, source, destination, batch_size, adjust, summar
 
 def _video_note(info):
     """What became of a video's sound and size, for the line that says it was written."""
-    from anime_gan import video
+    from anime_gan.inference import video
 
     audio = ("no audio track" if info.audio is None else f"{info.audio} audio copied"
              if info.audio in video.AUDIO_COPY_CODECS else f"{info.audio} audio re-encoded to AAC")

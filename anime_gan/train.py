@@ -13,9 +13,10 @@ from anime_gan.cli import quiet_tensorflow_import
 
 quiet_tensorflow_import()
 
-from anime_gan import cli, training  # noqa: E402
+from anime_gan import cli
+from anime_gan.training import loop as training  # noqa: E402
 from anime_gan import constants as C  # noqa: E402
-from anime_gan.train_config import MIXED_PRECISION, STRATEGIES, ConfigError, TrainConfig, validate_config  # noqa: E402
+from anime_gan.training.config import MIXED_PRECISION, STRATEGIES, ConfigError, TrainConfig, validate_config  # noqa: E402
 
 logger = logging.getLogger("anime_gan.train")  # not __name__: run with -m, this module is __main__
 FLAGS = flags.FLAGS

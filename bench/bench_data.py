@@ -49,7 +49,7 @@ def bench_pipeline(img_size: int = 256, batch_size: int = 6, steps: int = 60, da
     temporary folder. One "image" = one photo + one anime image (+ its grayscale) + one smooth image.
     """
     import tensorflow as tf  # noqa: F401  (imported here so smoothing-only runs stay light)
-    from anime_gan import data
+    from anime_gan.training import data
     from data_prep import demo
     with tempfile.TemporaryDirectory() as tmp:
         if dataset_dir is None:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from anime_gan.official_graph import OFFICIAL_META
+from official_graph import OFFICIAL_META
 from bench.common import interleaved_timings, median_ms
 
 SIZES = [(256, 256), (720, 1280)]  # (height, width)
@@ -40,8 +40,8 @@ def matmul_peak_gflops(dtype, n=2048, repeats=5):
 
 def make_generator(policy, values):
     """A Generator built under `policy` holding the official-layout weights `values`."""
-    from anime_gan.generator import build_generator
-    from anime_gan.weights import tf1_to_generator
+    from anime_gan.nets import build_generator
+    from anime_gan.weights.loading import tf1_to_generator
 
     return tf1_to_generator(values, build_generator(policy))
 
@@ -59,8 +59,8 @@ def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
     repeats = repeats or (3 if quick else 7)
     sizes = sizes or ([(256, 256)] if quick else SIZES)
     xla = (not quick) if xla is None else xla
-    from anime_gan.generator import Generator
-    from anime_gan.official_graph import OfficialGenerator, random_official_weights
+    from anime_gan.nets.generator import Generator
+    from official_graph import OfficialGenerator, random_official_weights
 
     probe = Generator()
     probe.build()
@@ -69,7 +69,7 @@ def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
     g32 = make_generator("float32", values)
     gbf16 = make_generator("mixed_bfloat16", values)
     # AnimeGANv2 (random weights, seeded; the same weights under both policies).
-    from anime_gan.generator import build_generator
+    from anime_gan.nets import build_generator
 
     keras.utils.set_random_seed(0)
     v2_32 = build_generator("float32", arch="v2")

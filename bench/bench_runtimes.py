@@ -30,9 +30,9 @@ SIZES = [(256, 256), (720, 1280)]
 def _generators():
     import keras
 
-    from anime_gan.generator import Generator, build_generator
-    from anime_gan.official_graph import random_official_weights
-    from anime_gan.weights import tf1_to_generator
+    from anime_gan.nets import Generator, build_generator
+    from official_graph import random_official_weights
+    from anime_gan.weights.loading import tf1_to_generator
 
     probe = Generator()
     probe.build()
@@ -49,14 +49,14 @@ def _runners(generator, workdir):
 
     from anime_gan import runtimes
     from anime_gan.image_io import images_to_unit_range
-    from anime_gan.serving import IMAGES_KEY, StylizeModule, generate
+    from anime_gan.deploy.saved_model import IMAGES_KEY, StylizeModule, generate
 
     module = StylizeModule(generator, max_side=4096)
     out = {"tensorflow": (lambda x: module.serving_default(tf.constant(x))[IMAGES_KEY].numpy(),
                           lambda x: generate(generator, images_to_unit_range(x)).numpy())}
     notes = []
     if runtimes.installed("onnxruntime") or runtimes.installed("openvino"):
-        from anime_gan.export_onnx import to_onnx
+        from anime_gan.deploy.onnx import to_onnx
 
         path = f"{workdir}/{generator.arch}.onnx"
         with open(path, "wb") as f:
@@ -75,7 +75,7 @@ def _litert(generator, workdir, height, width):
     if not runtimes.installed("litert"):
         return None, None
     try:
-        from anime_gan.export_tflite import TFLiteRunner, write_tflite
+        from anime_gan.deploy.tflite import TFLiteRunner, write_tflite
 
         path = f"{workdir}/{generator.arch}-{height}x{width}.tflite"
         write_tflite(generator, path, precision="float32", height=height, width=width)
@@ -93,7 +93,7 @@ def run(repeats=None, quick=False, sizes=None):
     import gc
 
     from anime_gan import runtimes
-    from anime_gan.official_graph import OFFICIAL_META, OfficialGenerator
+    from official_graph import OFFICIAL_META, OfficialGenerator
 
     repeats = repeats or (3 if quick else 5)
     sizes = sizes or ([(256, 256)] if quick else SIZES)

@@ -30,8 +30,8 @@ def bench_serving(repeats=5, large_repeats=3, saved_model_dir=None):
 
     with tempfile.TemporaryDirectory() as tmp:
         if saved_model_dir is None:
-            from anime_gan.generator import Generator
-            from anime_gan.serving import export_saved_model
+            from anime_gan.nets.generator import Generator
+            from anime_gan.deploy.saved_model import export_saved_model
 
             generator = Generator()
             generator.build()
@@ -105,7 +105,7 @@ def bench_pipelines(repeats=2, quick=False):
     import numpy as np
 
     from anime_gan import image_io, stylize
-    from anime_gan.generator import Generator
+    from anime_gan.nets.generator import Generator
 
     keras.utils.set_random_seed(0)  # seeded weights (the cost does not depend on them)
     generator = Generator()

@@ -17,7 +17,7 @@ from bench.common import median_ms
 def train_step_rate(phase="gan", policy="float32", jit_compile=False, img_size=256, batch_size=6,
                     repeats=3, warmup=1):
     """{phase, dtype, xla, step_ms, images_per_s} of our compiled train step."""
-    from anime_gan import training as T
+    from anime_gan.training import loop as T
 
     cfg = T.TrainConfig(vgg_weights="random", img_size=img_size, batch_size=batch_size,
                         mixed_precision="none" if policy == "float32" else policy)

@@ -4,7 +4,7 @@
     python -m bench.profile_runtimes --arch=v2 --size=720x1280 --runs=3
 
 The generator (seeded random weights, as in bench.bench_runtimes) is converted once with
-`anime_gan.export_onnx.to_onnx`, then run on one uint8 image:
+`anime_gan.deploy.onnx.to_onnx`, then run on one uint8 image:
 
 - ONNX Runtime (CPU provider, `--threads` intra-op threads) with `enable_profiling`: the JSON
   profile's "Node" events (`args.op_name`, `dur`) of the timed runs (the warm-up runs are left out);
@@ -94,7 +94,7 @@ def profile_onnxruntime(path, image):
     """({op type: summed kernel ms over the timed runs}, median wall ms, float32 [-1, 1] output)."""
     import onnxruntime as ort
 
-    from anime_gan.export_onnx import FLOAT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+    from anime_gan.deploy.onnx import FLOAT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = FLAGS.threads
@@ -143,7 +143,7 @@ def profile_openvino(path, image):
     float32 [-1, 1] output)."""
     import openvino as ov
 
-    from anime_gan.export_onnx import FLOAT_OUTPUT_NAME, INPUT_NAME
+    from anime_gan.deploy.onnx import FLOAT_OUTPUT_NAME, INPUT_NAME
 
     core = ov.Core()
     model = core.read_model(path)
@@ -172,7 +172,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from anime_gan.export_onnx import to_onnx
+    from anime_gan.deploy.onnx import to_onnx
     from anime_gan.runtimes import calibration_image, psnr_db
     from bench.bench_runtimes import _generators
 
@@ -190,7 +190,7 @@ def main(argv):
 
     # TensorFlow context (the targets are ratios to the official graph).
     context = {}
-    from anime_gan.official_graph import OFFICIAL_META, OfficialGenerator
+    from official_graph import OFFICIAL_META, OfficialGenerator
 
     if OFFICIAL_META.exists():
         official = OfficialGenerator(OFFICIAL_META)
@@ -208,7 +208,7 @@ def main(argv):
             out.write(to_onnx(generator).SerializeToString())
         if FLAGS.litert:
             try:
-                from anime_gan.export_tflite import TFLiteRunner, write_tflite
+                from anime_gan.deploy.tflite import TFLiteRunner, write_tflite
 
                 tfl = write_tflite(generator, os.path.join(workdir, "int8.tflite"), precision="int8",
                                    height=h, width=w)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 # The training set's formats: what the header sniffer (`report.sniff`) and TensorFlow's decoders in
-# `anime_gan.data` read. (Stylizing reads more through OpenCV: `anime_gan.image_io.IMAGE_SUFFIXES`.)
+# `anime_gan.training.data` read. (Stylizing reads more through OpenCV: `anime_gan.image_io.IMAGE_SUFFIXES`.)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 JPEG_QUALITY = 95  # OpenCV's default, written out so the output does not depend on it
 

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def official_meta():
     """Path of the official generator graph; skips where ../shared is absent (a user's clone)."""
-    from anime_gan.official_graph import OFFICIAL_META
+    from official_graph import OFFICIAL_META
 
     if not OFFICIAL_META.exists():
         pytest.skip(f"official generator graph not found at {OFFICIAL_META} (../shared is not beside this clone)")
@@ -18,7 +18,7 @@ def official_meta():
 @pytest.fixture(scope="module")
 def weights_dir(generator, tmp_path_factory):
     """The test module's `generator` fixture saved in a folder as generator.weights.h5 (a model path)."""
-    from anime_gan.weights import save_generator
+    from anime_gan.weights.loading import save_generator
 
     directory = tmp_path_factory.mktemp("weights")
     save_generator(generator, directory)

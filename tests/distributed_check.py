@@ -18,7 +18,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import keras  # noqa: E402
 
-from anime_gan import training as T  # noqa: E402
+from anime_gan.training import loop as T  # noqa: E402
 
 SGD_LR = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "xla" else 1e-6
 cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=4, seed=1)

@@ -1,5 +1,5 @@
 """What the stylize, serving, convert and model-loading tests share: test pictures, the original's
-stylization computed in NumPy (independent of `anime_gan.serving` and `anime_gan.image_io`), a
+stylization computed in NumPy (independent of `anime_gan.deploy.saved_model` and `anime_gan.image_io`), a
 generator with seeded weights, and the messages the library logs."""
 
 import contextlib
@@ -47,9 +47,9 @@ def max_diff(a, b):
 
 def seeded_generator(seed):
     """A Generator with seeded random weights in which every gamma and beta matters."""
-    from anime_gan.generator import Generator
-    from anime_gan.official_graph import random_official_weights
-    from anime_gan.weights import tf1_to_generator
+    from anime_gan.nets.generator import Generator
+    from official_graph import random_official_weights
+    from anime_gan.weights.loading import tf1_to_generator
 
     g = Generator()
     g.build()

@@ -101,8 +101,8 @@ def post(client, name, data, **form):
 
 
 def test_lists_given_official_and_trained_models_once_each(generator, weights_dir, tmp_path):
-    from anime_gan.generator_v2 import GeneratorV2
-    from anime_gan.weights import save_generator
+    from anime_gan.nets.generator_v2 import GeneratorV2
+    from anime_gan.weights.loading import save_generator
 
     folder = tmp_path / "checkpoints"
     official = folder / "paprika-v2"
@@ -359,8 +359,8 @@ def test_screenshot_with_the_v2_reference_weights(browser, tmp_path, tmp_path_fa
     if not os.path.isfile(R.REFERENCE_V2):
         pytest.skip(R.SKIP_REASON)
     skimage = pytest.importorskip("skimage")
-    from anime_gan.generator_v2 import GeneratorV2
-    from anime_gan.weights import save_generator
+    from anime_gan.nets.generator_v2 import GeneratorV2
+    from anime_gan.weights.loading import save_generator
 
     g = GeneratorV2()
     g.build()

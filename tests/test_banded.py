@@ -1,4 +1,4 @@
-"""Bounded-memory inference (anime_gan.banded): the banded generator against the whole-image one.
+"""Bounded-memory inference (anime_gan.deploy.banded): the banded generator against the whole-image one.
 
 The reference is the generator itself, run whole in the same process. The banded run normalises
 with the same whole-image statistics, merged over bands, and computes every row from the same
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan import banded
+from anime_gan.deploy import banded
 from anime_gan.image_io import images_to_unit_range
-from anime_gan.serving import generate
+from anime_gan.deploy.saved_model import generate
 from stylize_helpers import ENV, REPO, max_diff, seeded_generator, textured, to_uint8
 from test_generator import CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS
 
@@ -37,7 +37,7 @@ def generator():
 
 @pytest.fixture(scope="module")
 def generator_v2():
-    from anime_gan.generator_v2 import GeneratorV2
+    from anime_gan.nets.generator_v2 import GeneratorV2
 
     g = GeneratorV2()
     g.build()
@@ -119,7 +119,7 @@ def test_a_budget_no_plan_fits_is_refused_in_one_sentence(generator):
 
 
 def test_bounded_generator_dispatches_and_matches_in_the_serving_graph(generator):
-    """Through `anime_gan.serving.generate`, as the SavedModel runs it: a batch of three 67x93
+    """Through `anime_gan.deploy.saved_model.generate`, as the SavedModel runs it: a batch of three 67x93
     images (padded to 68x96 and cropped back). Small enough, they run whole (the generator's own
     result, eagerly here); else banded (in a tf.function, as served)."""
     images = textured((3, 67, 93, 3), seed=4)
@@ -145,9 +145,9 @@ SLOW_SCRIPT = textwrap.dedent("""
     import numpy as np, tensorflow as tf
     sys.path.insert(0, {tests!r})
     from stylize_helpers import seeded_generator, textured
-    from anime_gan import banded
+    from anime_gan.deploy import banded
     from anime_gan.image_io import images_to_unit_range, unit_range_to_images
-    from anime_gan.serving import generate
+    from anime_gan.deploy.saved_model import generate
 
     generator = seeded_generator(seed=5)
     size, mode = int(sys.argv[1]), sys.argv[2]

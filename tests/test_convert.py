@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from anime_gan import Generator
 from anime_gan.errors import EXIT_USER_ERROR, ModelError, PathNotFoundError
-from anime_gan.weights import (
+from anime_gan.weights.loading import (
     WEIGHTS_FILENAME,
     generator_to_tf1,
     load_generator,

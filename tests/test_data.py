@@ -1,4 +1,4 @@
-"""anime_gan.data: values against OpenCV, sizes, shuffling, determinism, exact resume, bad inputs."""
+"""anime_gan.training.data: values against OpenCV, sizes, shuffling, determinism, exact resume, bad inputs."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan import data
+from anime_gan.training import data
 from test_data_prep import SKIPPED, write_bad_inputs
 
 S = 32  # small images keep the tests fast; the pipeline does not care about the size
@@ -170,8 +170,8 @@ def test_val_images_sized_as_the_original(tmp_path):
 
 
 def test_data_module_imports_no_models():
-    code = ("import sys, anime_gan.data; bad = [m for m in ('anime_gan.generator', 'anime_gan.discriminator', "
-            "'anime_gan.vgg', 'anime_gan.model') if m in sys.modules]; assert not bad, bad")
+    code = ("import sys, anime_gan.training.data; bad = [m for m in ('anime_gan.nets.generator', 'anime_gan.nets.discriminator', "
+            "'anime_gan.nets.vgg', 'anime_gan.training.gan') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -184,7 +184,7 @@ def test_image_cap_is_a_named_constant_applied_to_every_format(tmp_path, monkeyp
 
 
 def test_training_pipeline_skips_huge_png_at_build_time_with_one_warning(tmp_path, caplog):
-    from anime_gan import data
+    from anime_gan.training import data
 
     huge = _style_dataset(tmp_path, np.random.default_rng(1))
     for i in range(3):
@@ -401,7 +401,7 @@ def test_damaged_archive_is_retried_then_refused_and_removed(tmp_path):
 # ---------------------------------------------------------------- item 9: symlinks, a file as the folder
 
 def test_dangling_symlinks_and_loops_are_reported(tmp_path, caplog):
-    from anime_gan import data
+    from anime_gan.training import data
 
     rng = np.random.default_rng(4)
     for sub in ("train_photo", "S/style", "S/smooth", "val"):
@@ -435,7 +435,7 @@ def test_dangling_symlinks_and_loops_are_reported(tmp_path, caplog):
 
 
 def test_dataset_dir_that_is_a_file_or_a_broken_link_is_one_sentence(tmp_path):
-    from anime_gan import data
+    from anime_gan.training import data
     from data_prep import demo
 
     f = tmp_path / "dataset"

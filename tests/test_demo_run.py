@@ -67,7 +67,7 @@ def test_make_train_demo_run(demo_run):
         assert out.count("warning: the perceptual VGG19 has RANDOM weights") == 2
 
     assert glob.glob(str(ckpt / "ckpt-*.index"))
-    from anime_gan.weights import load_generator
+    from anime_gan.weights.loading import load_generator
 
     load_generator(ckpt / "generator")
     plot = ckpt / "logs" / "loss_curves.png"

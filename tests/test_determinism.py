@@ -41,7 +41,7 @@ def test_deterministic_configure_turns_off_the_memory_optimizer():
         import tensorflow as tf
         from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
         from tensorflow.python.eager import context
-        from anime_gan import training
+        from anime_gan.training import loop as training
 
         def mem_opt():
             proto = context.context().function_call_options.config_proto_serialized
@@ -67,7 +67,7 @@ STEP_WORKER = """
     import hashlib, json, sys, time
     import numpy as np
     import tensorflow as tf
-    from anime_gan import training as T
+    from anime_gan.training import loop as T
 
     side, reps, gan_types = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     strategy = tf.distribute.get_strategy()
@@ -135,7 +135,7 @@ def test_concurrent_runs_and_a_killed_run_are_bit_identical_under_load(tmp_path)
     together beside a CPU hog: A and B run through, C is killed with SIGKILL in the GAN phase and
     re-run with the same command. All three log the same losses, to the bit, at every step of both
     phases, and end with the same generator weights, to the bit."""
-    from anime_gan.weights import load_generator
+    from anime_gan.weights.loading import load_generator
 
     data = make_tiny_dataset(tmp_path / "data", n_photo=8, n_style=8, side=SIDE)
     common = dict(deterministic=True, img_size=SIDE, ch=64, epoch=3, init_epoch=1, steps_per_epoch=4,

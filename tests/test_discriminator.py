@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan.discriminator import Discriminator, SpectralConv2D
+from anime_gan.nets.discriminator import Discriminator, SpectralConv2D
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -260,7 +260,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from anime_gan.discriminator import Discriminator
+    from anime_gan.nets.discriminator import Discriminator
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 
 from anime_gan.errors import ModelError, OutputExistsError  # noqa: E402
 from anime_gan.image_io import images_to_unit_range  # noqa: E402
-from anime_gan.serving import generate  # noqa: E402
+from anime_gan.deploy.saved_model import generate  # noqa: E402
 from stylize_helpers import ENV, REPO, seeded_generator  # noqa: E402
 
 SIZES = [(256, 256), (75, 131)]  # (height, width); 75x131: neither side a multiple of 4
@@ -95,7 +95,7 @@ def test_openvino_f32_matches_our_generator(onnx_file, reference, size):
 
 
 def test_metadata_names_the_architecture_and_cap(onnx_file):
-    from anime_gan.export_onnx import read_metadata
+    from anime_gan.deploy.onnx import read_metadata
 
     meta = read_metadata(onnx.load(str(onnx_file)))
     assert meta["arch"] == "v1" and meta["options"] == "{}" and meta["max_side"] == "600"

@@ -1,4 +1,4 @@
-"""TFLite / LiteRT export (anime_gan.export_tflite): the file runs in LiteRT with XNNPACK and gives
+"""TFLite / LiteRT export (anime_gan.deploy.tflite): the file runs in LiteRT with XNNPACK and gives
 what our generator gives, at a fixed size, v1 and v2; float16 and int8 within a measured dB on the
 real AnimeGANv2 Hayao weights (../shared); bad files and sizes are one sentence."""
 
@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 import v2_reference as R
-from anime_gan import export_tflite as E
+from anime_gan.deploy import tflite as E
 from anime_gan.errors import ConfigError, ModelError, UserError
-from anime_gan.generator import build_generator
-from anime_gan.serving import StylizeModule, generate
+from anime_gan.nets import build_generator
+from anime_gan.deploy.saved_model import StylizeModule, generate
 
 pytest.importorskip("ai_edge_litert")
 
@@ -146,7 +146,7 @@ BOUNDS_DB = {"float16": 60.0, "int8": 42.0, "int8_full": 28.0}
 def hayao():
     if not os.path.isfile(R.REFERENCE_V2):
         pytest.skip(R.SKIP_REASON)
-    from anime_gan.generator_v2 import GeneratorV2
+    from anime_gan.nets.generator_v2 import GeneratorV2
 
     g = GeneratorV2()
     g.build()
@@ -191,7 +191,7 @@ def test_the_slices_pad_applies_only_in_the_tracing_thread():
 
     import tensorflow as tf
 
-    from anime_gan import layers
+    from anime_gan.nets import layers
 
     x = tf.reshape(tf.range(2 * 5 * 6 * 1, dtype=tf.float32), [2, 5, 6, 1])
     calls, seen = [], {}

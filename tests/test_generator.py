@@ -8,12 +8,12 @@ import pytest
 import tensorflow as tf
 
 from anime_gan import Generator
-from anime_gan.generator import build_generator
+from anime_gan.nets import build_generator
 from anime_gan import constants as C
-from anime_gan import layers
-from anime_gan.layers import InstanceNorm
-from anime_gan.official_graph import OfficialGenerator, random_official_weights
-from anime_gan.weights import convert_checkpoint, load_generator, tf1_to_generator
+from anime_gan.nets import layers
+from anime_gan.nets.layers import InstanceNorm
+from official_graph import OfficialGenerator, random_official_weights
+from anime_gan.weights.loading import convert_checkpoint, load_generator, tf1_to_generator
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "anime_gan/golden/official_generator.npz"
 

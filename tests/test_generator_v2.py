@@ -9,8 +9,8 @@ import tensorflow as tf
 
 import v2_reference as R
 from anime_gan import constants as C
-from anime_gan import layers
-from anime_gan.generator_v2 import GeneratorV2
+from anime_gan.nets import layers
+from anime_gan.nets.generator_v2 import GeneratorV2
 
 needs_reference = pytest.mark.skipif(not os.path.isfile(R.REFERENCE_V2), reason=R.SKIP_REASON)
 
@@ -326,7 +326,7 @@ def _tf1_reference_graph(seed):
 
 
 def test_official_layout_v2_checkpoint_converts_and_matches_a_tf1_reference_graph(tmp_path):
-    from anime_gan.weights import convert_checkpoint, load_generator, read_tf1_checkpoint
+    from anime_gan.weights.loading import convert_checkpoint, load_generator, read_tf1_checkpoint
 
     session, saver, x, y = _tf1_reference_graph(seed=5)
     images = [np.random.default_rng(h).uniform(-1, 1, (1, h, w, 3)).astype(np.float32) for h, w in [(256, 256), (75, 131)]]

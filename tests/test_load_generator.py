@@ -20,7 +20,7 @@ from training_helpers import STYLE, make_tiny_dataset
 def run(tmp_path_factory):
     """A finished tiny training run, in-process: 2 init steps, a checkpoint after each
     (ckpt-1 mid-epoch, ckpt-2 at the end), final weights in generator/."""
-    from anime_gan import training
+    from anime_gan.training import loop as training
 
     root = tmp_path_factory.mktemp("train")
     data = make_tiny_dataset(root / "data", n_photo=4, n_style=2, n_val=1, side=32)
@@ -48,9 +48,9 @@ def assert_same_generator(loaded, trained, photo):
 
 def load(path):
     """The generator and the notes `load_generator` logged ("note: <text>." -> <text>)."""
-    from anime_gan.weights import load_generator
+    from anime_gan.weights.loading import load_generator
 
-    with logged("anime_gan.weights") as messages:
+    with logged("anime_gan.weights.loading") as messages:
         generator = load_generator(path)
     return generator, [m.removeprefix("note: ").removesuffix(".") for m in messages]
 
@@ -96,7 +96,7 @@ def test_checkpoint_prefix_gives_that_checkpoint(run, photo):
 
 def test_training_checkpoint_under_a_policy(run):
     run_dir, trained = run
-    from anime_gan.weights import load_generator
+    from anime_gan.weights.loading import load_generator
 
     generator = load_generator(run_dir / "ckpt-2", policy="mixed_bfloat16")
     assert generator.m.compute_dtype == "bfloat16"
@@ -143,7 +143,7 @@ def test_anything_else_is_refused_in_one_sentence(run, tmp_path):
     from anime_gan.errors import ModelError, PathNotFoundError
     from anime_gan.export import export
     from anime_gan.stylize import load_model
-    from anime_gan.weights import load_generator
+    from anime_gan.weights.loading import load_generator
 
     run_dir, _ = run
     empty = tmp_path / "empty"

@@ -4,9 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.discriminator import Discriminator
-from anime_gan.layers import LayerNorm
-from anime_gan.losses import discriminator_adv_loss, generator_loss, total_variation_loss
+from anime_gan.nets.discriminator import Discriminator
+from anime_gan.nets.layers import LayerNorm
+from anime_gan.training.losses import discriminator_adv_loss, generator_loss, total_variation_loss
 
 
 def test_total_variation_is_half_the_mean_squared_neighbour_differences():

@@ -175,8 +175,8 @@ def test_catalogue_urls_names_and_mirror(at, monkeypatch):
 
 
 def test_v2_download_resumes_converts_exports_and_runs_once(at, serve, v2_official, monkeypatch):
-    from anime_gan.generator import build_generator
-    from anime_gan.weights import ModelSource, load_generator, resolve_model, restore_saved_model
+    from anime_gan.nets import build_generator
+    from anime_gan.weights.loading import ModelSource, load_generator, resolve_model, restore_saved_model
 
     prefix, files, image, expected = v2_official
     folder, staging = at / "checkpoints" / "hayao-v2", at / "checkpoints" / "hayao-v2.download"
@@ -327,8 +327,8 @@ def test_a_wrong_download_is_refused_and_nothing_is_installed(at, serve, v2_offi
 
 
 def test_v1_release_zip_converts_and_a_foreign_folder_needs_force(at, serve, official_meta):
-    from anime_gan.official_graph import OfficialGenerator
-    from anime_gan.weights import load_generator
+    from official_graph import OfficialGenerator
+    from anime_gan.weights.loading import load_generator
 
     og = OfficialGenerator(official_meta)
     values = og.randomize(seed=4)

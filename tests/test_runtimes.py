@@ -14,14 +14,14 @@ pytest.importorskip("onnxruntime")
 from anime_gan import runtimes  # noqa: E402
 from anime_gan.errors import ConfigError  # noqa: E402
 from anime_gan.image_io import images_to_unit_range, unit_range_to_images  # noqa: E402
-from anime_gan.serving import generate  # noqa: E402
+from anime_gan.deploy.saved_model import generate  # noqa: E402
 
 SIZES = [(256, 256), (75, 131)]
 
 
 def v2_generator(seed=3, **options):
     """An AnimeGANv2 generator with seeded random weights, norms' gamma and beta included."""
-    from anime_gan.generator import build_generator
+    from anime_gan.nets import build_generator
 
     keras.utils.set_random_seed(seed)
     g = build_generator("float32", arch="v2", **options)
@@ -83,7 +83,7 @@ def test_first_load_converts_and_the_second_reuses_the_cache(converted, weights_
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr("anime_gan.export_onnx.to_onnx", no_conversion)
+    monkeypatch.setattr("anime_gan.deploy.onnx.to_onnx", no_conversion)
     again = runtimes.load_stylizer(weights_dir, runtime="onnxruntime")
     assert onnx_file(cache) == path
     x = np.random.default_rng(1).integers(0, 256, (1, 32, 40, 3), dtype=np.uint8)
@@ -172,7 +172,7 @@ def test_errors_are_one_sentence(converted, cache, monkeypatch):
 
 @pytest.mark.slow
 def test_v2_align_corners_runs_unpadded_at_any_size(tmp_path):
-    from anime_gan.export_onnx import read_metadata, to_onnx
+    from anime_gan.deploy.onnx import read_metadata, to_onnx
 
     ort = pytest.importorskip("onnxruntime")
     g = v2_generator(seed=4, resize="align_corners")

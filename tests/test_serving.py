@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan.generator import Generator
-from anime_gan.official_graph import OfficialGenerator
-from anime_gan.serving import StylizeModule, export_saved_model
+from anime_gan.nets.generator import Generator
+from official_graph import OfficialGenerator
+from anime_gan.deploy.saved_model import StylizeModule, export_saved_model
 from huge_png import black_png, header_only_png
 from stylize_helpers import ENV, REPO, max_diff, reference_stylize, seeded_generator, textured, to_uint8
 
@@ -208,7 +208,7 @@ def test_the_graph_reads_the_size_from_the_header(fmt, options):
     """`encoded_image_size` against Pillow and `data_prep.image_header` on real files, without decoding."""
     from PIL import Image
 
-    from anime_gan.serving import encoded_image_size
+    from anime_gan.deploy.saved_model import encoded_image_size
     from data_prep.image_header import image_size
 
     image = Image.fromarray(textured((37, 53, 4 if options.get("mode") == "RGBA" else 3), seed=19))
@@ -264,7 +264,7 @@ def test_a_huge_png_request_is_refused_without_decoding_it(saved_model_dir, tmp_
 
 
 def test_float16_policy_generator_is_served_in_float32(generator):
-    from anime_gan.generator import build_generator
+    from anime_gan.nets import build_generator
 
     images = textured((1, 24, 20, 3), seed=13)
     half = build_generator("mixed_float16")

@@ -164,10 +164,10 @@ def test_python_api_keeps_size_and_matches_the_generator(generator, weights_dir)
 
 
 def test_model_may_be_a_saved_model_or_a_tf1_checkpoint(generator, weights_dir, tmp_path, official_meta):
-    from anime_gan.official_graph import OfficialGenerator
-    from anime_gan.serving import export_saved_model
+    from official_graph import OfficialGenerator
+    from anime_gan.deploy.saved_model import export_saved_model
     from anime_gan.stylize import load_model
-    from anime_gan.weights import generator_to_tf1
+    from anime_gan.weights.loading import generator_to_tf1
 
     photo = textured((21, 30, 3), seed=5)[None]
     expected = reference_stylize(generator, photo[0])

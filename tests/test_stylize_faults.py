@@ -42,7 +42,7 @@ def assert_one_sentence(text):
 
 
 def too_large(name, height, width, max_side=MAX_SIDE):
-    """The size rule's sentence, written out here (not taken from `anime_gan.serving`)."""
+    """The size rule's sentence, written out here (not taken from `anime_gan.deploy.saved_model`)."""
     return (f"{name} is {height}x{width} pixels (height x width); each side must be at most {max_side} pixels "
             "(the size cap of this model); downscale it or use a model exported with a larger --max_side.")
 

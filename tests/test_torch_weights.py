@@ -21,7 +21,7 @@ import v2_reference as R
 
 from anime_gan import constants as C
 from anime_gan.errors import ModelError, PathNotFoundError
-from anime_gan.torch_weights import (
+from anime_gan.weights.torch_port import (
     PORT_EPSILON,
     PORT_NAMES,
     convert_torch,
@@ -29,7 +29,7 @@ from anime_gan.torch_weights import (
     port_to_tf1,
     read_state_dict,
 )
-from anime_gan.weights import WEIGHTS_FILENAME, load_generator
+from anime_gan.weights.loading import WEIGHTS_FILENAME, load_generator
 from stylize_helpers import ENV
 
 needs_reference = pytest.mark.skipif(not os.path.isfile(R.REFERENCE_V2), reason=R.SKIP_REASON)
@@ -89,7 +89,7 @@ def test_a_global_hidden_in_a_tensor_record_is_refused(tmp_path):
 def test_a_pickle_cannot_change_what_the_next_file_is_read_with(tmp_path):
     """BUILD writes attributes into the object on the stack: here float32's storage type is told its
     bytes are float64, and the rebuild function gets a new attribute."""
-    from anime_gan import torch_weights
+    from anime_gan.weights import torch_port as torch_weights
 
     for target in (b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_tensor_v2\n"):
         pickled = b"\x80\x02" + target + b"}X\x05\x00\x00\x00numpyX\x03\x00\x00\x00<f8sb."
@@ -160,7 +160,7 @@ def test_files_that_are_not_state_dicts_say_so(tmp_path):
 def _random_port_state(seed=3):
     """{port key: array in the port's layout} of the right shapes (from the official shapes)."""
     rng = np.random.default_rng(seed)
-    from anime_gan.generator_v2 import GeneratorV2
+    from anime_gan.nets.generator_v2 import GeneratorV2
 
     shapes = {name: tuple(v.shape) for name, v in GeneratorV2().tf1_variable_map().items()}
     state = {}
@@ -380,8 +380,8 @@ def test_which_mode_is_faithful_to_what_on_real_photos(torch):
     mode is the port's forward; the official graph (resize="tf1", either epsilon) is 20-26 dB from it
     on real photos (measured 21.0-23.8 dB), so a port file trained with align-corners resizing must
     run in that mode, and the official weights give another picture through the port."""
-    from anime_gan.generator import build_generator
-    from anime_gan.weights import tf1_to_generator
+    from anime_gan.nets import build_generator
+    from anime_gan.weights.loading import tf1_to_generator
 
     it = R.interpreter()
     official = R.official_weights(it)
@@ -448,8 +448,8 @@ def test_the_convert_command_says_which_source_to_pass(tmp_path):
 def test_a_pt_file_is_a_model_path_and_odd_sizes_are_not_padded(torch, port_file):
     """load_generator and the served graph take a .pt as it is: the port's align-corners generator runs
     on the image as it is (padding to a multiple of 4 would move its resize grid: up to 68 levels off)."""
-    from anime_gan.serving import StylizeModule
-    from anime_gan.weights import load_generator
+    from anime_gan.deploy.saved_model import StylizeModule
+    from anime_gan.weights.loading import load_generator
 
     model, path = port_file
     g = load_generator(path)

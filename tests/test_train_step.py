@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 import keras
 
-from anime_gan.discriminator import Discriminator
-from anime_gan.generator import Generator
-from anime_gan.model import AnimeGAN, make_adam
-from anime_gan.vgg import load_vgg19
+from anime_gan.nets.discriminator import Discriminator
+from anime_gan.nets.generator import Generator
+from anime_gan.training.gan import AnimeGAN, make_adam
+from anime_gan.nets.vgg import load_vgg19
 
 SIDE, BATCH = 24, 2
 LR_INIT, LR_G, LR_D = 1e-4, 8e-5, 1.6e-4

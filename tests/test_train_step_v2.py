@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan.discriminator import Discriminator
-from anime_gan.generator_v2 import GeneratorV2
-from anime_gan.model import AnimeGAN, make_adam
-from anime_gan.vgg import load_vgg19
+from anime_gan.nets.discriminator import Discriminator
+from anime_gan.nets.generator_v2 import GeneratorV2
+from anime_gan.training.gan import AnimeGAN, make_adam
+from anime_gan.nets.vgg import load_vgg19
 from test_train_step import RefAdam, RefSGD, _assert_same, _restore, _state, ref_gan_step
 
 SIDE, BATCH = 24, 2

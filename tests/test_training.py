@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan import training as T
+from anime_gan.training import loop as T
 from training_helpers import STYLE, make_tiny_dataset, run_train, tiny_args
 
 
@@ -80,7 +80,7 @@ def test_batch_not_divisible_by_replicas(tiny, tmp_path):
 
 # ---- a whole tiny run ----------------------------------------------------------------------------
 def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
-    from anime_gan.weights import load_generator
+    from anime_gan.weights.loading import load_generator
 
     cfg = _cfg(tiny, tmp_path, training_rate=2, checkpoint_every_steps=3)
     res = T.train(cfg)
@@ -156,7 +156,7 @@ def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
     said = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: said.append(record.getMessage())
-    training_logger = logging.getLogger("anime_gan.training")
+    training_logger = logging.getLogger("anime_gan.training.loop")
     training_logger.addHandler(handler)
     level = training_logger.level
     training_logger.setLevel(logging.INFO)
@@ -280,7 +280,7 @@ def test_fit_and_our_loop_take_the_same_first_steps():
     one GAN step (the tolerance of the one-step tests, rel 1e-5)."""
     import keras
 
-    from anime_gan.model import PhaseSchedule
+    from anime_gan.training.gan import PhaseSchedule
 
     cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
     T.configure(cfg)

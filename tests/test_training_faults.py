@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan import training as T
+from anime_gan.training import loop as T
 from anime_gan.errors import OutputExistsError
-from anime_gan.run_lock import RunFolderBusy, RunLock
+from anime_gan.training.run_lock import RunFolderBusy, RunLock
 from training_helpers import REPO, STYLE, env, make_tiny_dataset, run_train, tiny_args
 
 
@@ -229,7 +229,7 @@ def test_damaged_newest_checkpoint_is_skipped_and_kept_aside(copy_of, caplog, da
     before = fingerprint(run)
     harm, expected, reason = DAMAGE[damage]
     harm(run)
-    with caplog.at_level(logging.WARNING, logger="anime_gan.training"):
+    with caplog.at_level(logging.WARNING, logger="anime_gan.training.loop"):
         prefix = T.find_resume_checkpoint(str(run), tidy=True)
     assert prefix == str(run / f"ckpt-{expected}")
     # The checkpoints older than the damaged one are untouched, the damaged one is moved, not deleted,
@@ -269,7 +269,7 @@ def test_leftovers_of_a_killed_run_are_removed(copy_of, caplog):
     removed = T.remove_leftovers(cfg)
     assert sorted(os.path.relpath(p, run) for p in removed) == [
         "checkpoint.tmp5f3a", "ckpt-5_temp", "epochs/epoch_001/.tmp-999.generator.weights.h5", "logs/metrics.jsonl.tmp"]
-    with caplog.at_level(logging.WARNING, logger="anime_gan.training"):
+    with caplog.at_level(logging.WARNING, logger="anime_gan.training.loop"):
         assert T.find_resume_checkpoint(str(run), tidy=True) == str(run / "ckpt-4")
     # The torn ckpt-5 was never listed: it is removed (not kept as "damaged"), the rest is as it was.
     assert not (run / T.DAMAGED_DIR).exists()
@@ -284,7 +284,7 @@ def test_resume_after_damage_equals_the_uninterrupted_run(healthy, tiny, copy_of
     uninterrupted run's; nothing from before the fault is lost."""
     run = copy_of()
     os.truncate(run / DATA, 1000)
-    with caplog.at_level(logging.INFO, logger="anime_gan.training"):
+    with caplog.at_level(logging.INFO, logger="anime_gan.training.loop"):
         result = T.train(_cfg(tiny, run, max_to_keep=3))
     said = [r.getMessage() for r in caplog.records]
     assert any(s.startswith("Skipped ckpt-4, newer than ckpt-3: its data does not read back (the file is truncated)")
@@ -330,7 +330,7 @@ def test_final_weights_without_checkpoints_are_not_trained_over(copy_of):
 # ---- 3. one trainer per folder -------------------------------------------------------------------
 HOLD_LOCK = """
     import sys, time
-    from anime_gan.run_lock import RunLock
+    from anime_gan.training.run_lock import RunLock
     RunLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(120)
@@ -401,7 +401,7 @@ def test_disk_full_in_a_metrics_line_leaves_whole_lines(tmp_path):
     """RunLog takes back a line the disk could only take part of, so metrics.jsonl stays whole lines."""
     import errno
 
-    from anime_gan.run_logs import RunLog, read_metrics
+    from anime_gan.training.run_logs import RunLog, read_metrics
 
     log = RunLog(str(tmp_path), enabled=True)
     log.open()
@@ -474,7 +474,7 @@ def test_skipped_float16_updates_are_logged_counted_and_shown(tiny, tmp_path, ca
     the checkpoint says independently: each skip halves the loss scale from 2**15 and leaves Adam's
     iteration count where it was."""
     run = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="anime_gan.training"):
+    with caplog.at_level(logging.WARNING, logger="anime_gan.training.loop"):
         T.train(_cfg(tiny, run, img_size=16, mixed_precision="mixed_float16", steps_per_epoch=8,
                      checkpoint_every_steps=0, progress=True))
     records = losses(run / "logs" / "metrics.jsonl")

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan import constants as C, vgg
+from anime_gan import constants as C
+from anime_gan.nets import vgg
 
 # The official layout: conv name -> (in, out) channels, VGG19 all the way to conv5_4.
 OFFICIAL = [("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_2", 128, 128),

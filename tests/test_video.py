@@ -1,4 +1,4 @@
-"""`anime_gan.video` and the pipelined folder path of `anime_gan.stylize`: videos keep their sound,
+"""`anime_gan.inference.video` and the pipelined folder path of `anime_gan.stylize`: videos keep their sound,
 timing, frame count and size; folders give the same files as the one-step-after-the-other path, with
 decoding and writing overlapping the model.
 
@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from anime_gan import image_io, stylize, video
+from anime_gan import image_io, stylize
+from anime_gan.inference import video
 from anime_gan.image_io import ImageError
 from stylize_helpers import logged, textured, write_rgb
 

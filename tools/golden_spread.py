@@ -75,7 +75,7 @@ def _wrong(variant):
     """Patches the library into a deliberately wrong generator (for the variant rows only)."""
     import tensorflow as tf
 
-    from anime_gan import layers
+    from anime_gan.nets import layers
 
     if variant == "zeropad":
         def zero_pad(x, top, bottom, left, right):
@@ -92,11 +92,11 @@ def worker(out_path, variant=None):
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
 
-    sys.path.insert(0, str(REPO))
-    from anime_gan.generator import Generator
-    from anime_gan.layers import InstanceNorm
-    from anime_gan.official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
-    from anime_gan.weights import tf1_to_generator
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # official_graph is a test helper
+    from anime_gan.nets.generator import Generator
+    from anime_gan.nets.layers import InstanceNorm
+    from official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
+    from anime_gan.weights.loading import tf1_to_generator
 
     variant = _wrong(variant) if variant else None
     golden = np.load(GOLDEN)
@@ -140,7 +140,7 @@ def _official_on_a_batch(values, x):
     import tensorflow as tf
 
     from anime_gan import constants as C
-    from anime_gan.official_graph import OFFICIAL_META
+    from official_graph import OFFICIAL_META
 
     graph = tf.Graph()
     with graph.as_default():

@@ -2,7 +2,7 @@
 
 Each (size, path) runs in its own subprocess, one at a time, with a generator of random weights
 (weights change neither memory nor time) inside the serving graph's own steps: uint8 -> [-1, 1],
-`anime_gan.serving.generate` (reflect pad to multiples of 4, G, crop), -> uint8, as one
+`anime_gan.deploy.saved_model.generate` (reflect pad to multiples of 4, G, crop), -> uint8, as one
 tf.function with dynamic sizes. The child warms up (traces, and runs the banded graph it will use
 on a small image), then reads its peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`, the high-water mark
 so far) as the baseline, stylizes one random HxH image and reads it again.
@@ -10,7 +10,7 @@ so far) as the baseline, stylizes one random HxH image and reads it again.
 Paths:
   whole    G itself (what serving ran before; ~2.7 KB per pixel: refused above 1536 unless
            --allow_large_whole, as 2048^2 needs 12 GB and 3072^2 ~26 GB)
-  bounded  `anime_gan.banded.MemoryBoundedGenerator` as serving would run it (whole when the image
+  bounded  `anime_gan.deploy.banded.MemoryBoundedGenerator` as serving would run it (whole when the image
            fits the budget, else banded by the plan for its size)
   banded   a banded plan of the bounded generator forced at any size: --tier=K (default: the
            plan for the largest images)
@@ -42,10 +42,10 @@ def child(args):
     import numpy as np
     import tensorflow as tf
 
-    from anime_gan import banded
-    from anime_gan.generator import build_generator
+    from anime_gan.deploy import banded
+    from anime_gan.nets import build_generator
     from anime_gan.image_io import images_to_unit_range, unit_range_to_images
-    from anime_gan.serving import generate
+    from anime_gan.deploy.saved_model import generate
 
     def peak_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -127,7 +127,7 @@ def main():
     if args.budget_gib is None or args.max_side is None or args.band_mb is None:
         sys.path.insert(0, str(REPO))
         from anime_gan import constants
-        from anime_gan.banded import DEFAULT_BAND_BYTES, DEFAULT_MEMORY_BUDGET
+        from anime_gan.deploy.banded import DEFAULT_BAND_BYTES, DEFAULT_MEMORY_BUDGET
 
         args.budget_gib = args.budget_gib or DEFAULT_MEMORY_BUDGET / 2**30
         args.max_side = args.max_side or constants.DEFAULT_MAX_SIDE

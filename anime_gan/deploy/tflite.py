@@ -3,7 +3,7 @@
     write_tflite(generator, "hayao_v2_256.tflite", precision="float16", height=256, width=256)
     TFLiteRunner("hayao_v2_256.tflite", threads=2)(images_uint8)   # [N, H, W, 3] uint8 -> uint8
 
-Contract (the SavedModel's `serving_default`, `anime_gan.serving`): input uint8 [1, H, W, 3] RGB,
+Contract (the SavedModel's `serving_default`, `anime_gan.deploy.saved_model`): input uint8 [1, H, W, 3] RGB,
 output uint8 [1, H, W, 3], the same size. Inside: x / 127.5 - 1, reflect pad at the bottom and right
 to the next multiple of 4, G, crop back, truncate(clip((y + 1) / 2 * 255)). The size is fixed when
 the model is written (height x width, default 256 x 256): every shape, pad and resize size is then
@@ -86,14 +86,14 @@ def _reflect_pad_by_slices(x, top, bottom, left, right):
 @contextlib.contextmanager
 def _reflect_pad_as(mode):
     """While tracing (in this thread), G's layers pad with `mode` ("slices" or "mirror_pad")."""
-    from anime_gan import layers
+    from anime_gan.nets import layers
 
     with layers.reflect_pad_as(None if mode == "mirror_pad" else _reflect_pad_by_slices):
         yield layers.reflect_pad
 
 
 def _float32_generator(generator):
-    from anime_gan.serving import _float32_generator
+    from anime_gan.deploy.saved_model import _float32_generator
 
     if not generator.built:
         generator.build()

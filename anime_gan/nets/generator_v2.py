@@ -1,6 +1,6 @@
 """The AnimeGANv2 generator, as the official v2 graph builds it (2,143,552 parameters, 77 variables).
 
-Differences from v1 (anime_gan.generator): layer norm over H, W and C (eps 1e-12) instead of instance
+Differences from v1 (anime_gan.nets.generator): layer norm over H, W and C (eps 1e-12) instead of instance
 norm, plain and strided 3x3 convolutions instead of separable and down convs, four inverted residual
 blocks instead of eight, and biases in the four depthwise convolutions. Facts: ORIGINAL_V2.md.
 """
@@ -11,8 +11,14 @@ import keras
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.generator import _Scope, tf1_variable_map
-from anime_gan.layers import ConvLayerNormLReLU, InvertedResBlockV2, UpsampleV2, _variance_scaling
+from anime_gan.nets.layers import (
+    ConvLayerNormLReLU,
+    InvertedResBlockV2,
+    Scope,
+    UpsampleV2,
+    tf1_variable_map,
+    variance_scaling_init,
+)
 
 ARCH = "v2"
 
@@ -49,22 +55,22 @@ class GeneratorV2(keras.Model):
                                       epsilon=self.epsilon)
 
         eps = self.epsilon
-        self.A = _Scope("A", [_cnl(32, 0, kernel_size=7), _cnl(64, 1, strides=2), _cnl(64, 2)])
-        self.B = _Scope("B", [_cnl(128, 0, strides=2), _cnl(128, 1)])
-        self.C = _Scope("C", [
+        self.A = Scope("A", [_cnl(32, 0, kernel_size=7), _cnl(64, 1, strides=2), _cnl(64, 2)])
+        self.B = Scope("B", [_cnl(128, 0, strides=2), _cnl(128, 1)])
+        self.C = Scope("C", [
             _cnl(128, 0),
             InvertedResBlockV2("r1", hidden=256, epsilon=eps),
             *[InvertedResBlockV2(f"r{i}", hidden=512, epsilon=eps) for i in range(2, C.N_INVERTED_RESIDUAL_V2 + 1)],
             _cnl(128, 1),
         ])
-        self.D = _Scope("D", [UpsampleV2(128, "Conv", "LayerNorm", epsilon=eps), _cnl(128, 1)])
-        self.E = _Scope("E", [UpsampleV2(64, "Conv", "LayerNorm", epsilon=eps), _cnl(64, 1), _cnl(32, 2, kernel_size=7)])
+        self.D = Scope("D", [UpsampleV2(128, "Conv", "LayerNorm", epsilon=eps), _cnl(128, 1)])
+        self.E = Scope("E", [UpsampleV2(64, "Conv", "LayerNorm", epsilon=eps), _cnl(64, 1), _cnl(32, 2, kernel_size=7)])
         self.scopes = [self.A, self.B, self.C, self.D, self.E]
 
     def build(self, input_shape=(None, None, None, 3)):
         input_shape = tuple(input_shape)
         self.out_kernel = self.add_weight(
-            name="out_layer_Conv_weights", shape=(1, 1, 32, 3), initializer=_variance_scaling(32), autocast=False
+            name="out_layer_Conv_weights", shape=(1, 1, 32, 3), initializer=variance_scaling_init(32), autocast=False
         )
         super().build(input_shape)
         self(tf.zeros((1, 8, 8, input_shape[-1] or 3)))

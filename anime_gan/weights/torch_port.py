@@ -376,7 +376,7 @@ def port_to_tf1(state, generator=None):
     unexpected or of another shape than the generator's (`generator`, else a new GeneratorV2) is
     refused in one sentence naming them."""
     if generator is None:
-        from anime_gan.generator_v2 import GeneratorV2
+        from anime_gan.nets.generator_v2 import GeneratorV2
 
         generator = GeneratorV2()
     expected = {name: tuple(v.shape) for name, v in generator.tf1_variable_map().items()}
@@ -405,8 +405,8 @@ def port_to_tf1(state, generator=None):
 def load_torch_generator(path, resize=PORT_RESIZE, policy=None):
     """A ready GeneratorV2 with the weights of a port `.pt` file, computing as the port's forward
     (resize="align_corners", eps 1e-5); resize="tf1" gives the official graph's legacy x2 instead."""
-    from anime_gan.generator import build_generator
-    from anime_gan.weights import tf1_to_generator
+    from anime_gan.nets import build_generator
+    from anime_gan.weights.loading import tf1_to_generator
 
     state = read_state_dict(path)
     generator = build_generator(policy, arch="v2", resize=resize, epsilon=PORT_EPSILON)
@@ -415,7 +415,7 @@ def load_torch_generator(path, resize=PORT_RESIZE, policy=None):
 
 def convert_torch(path, output_dir, resize=PORT_RESIZE):
     """Port `.pt` file -> `output_dir/generator.weights.h5` (with its resize and epsilon). Returns its path."""
-    from anime_gan.weights import save_generator
+    from anime_gan.weights.loading import save_generator
 
     return save_generator(load_torch_generator(path, resize), output_dir)
 

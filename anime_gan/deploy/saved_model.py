@@ -38,7 +38,7 @@ import tempfile
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.banded import DEFAULT_MEMORY_BUDGET, MemoryBoundedGenerator, memory_bounded
+from anime_gan.deploy.banded import DEFAULT_MEMORY_BUDGET, MemoryBoundedGenerator, memory_bounded
 from anime_gan.constants import DEFAULT_MAX_SIDE, MIN_SIDE
 from anime_gan.errors import ConfigError, OutputExistsError
 from anime_gan.image_io import images_to_unit_range, unit_range_to_images
@@ -191,7 +191,7 @@ def _float32_generator(generator):
     """
     if generator.compute_dtype == "float32":
         return generator
-    from anime_gan.generator import build_generator
+    from anime_gan.nets import build_generator
 
     clone = build_generator("float32", arch=generator.arch, **generator.options())
     clone.set_weights(generator.get_weights())
@@ -212,7 +212,7 @@ class StylizeModule(tf.Module):
 
     def __init__(self, generator, max_side=DEFAULT_MAX_SIDE, memory_budget=None):
         """memory_budget: bytes of working memory one image may take (default
-        `anime_gan.banded.DEFAULT_MEMORY_BUDGET`); larger images run banded (see `anime_gan.banded`)."""
+        `anime_gan.deploy.banded.DEFAULT_MEMORY_BUDGET`); larger images run banded (see `anime_gan.deploy.banded`)."""
         super().__init__(name="anime_gan")
         if not generator.built:
             generator.build()
@@ -227,7 +227,7 @@ class StylizeModule(tf.Module):
         # Saved with the model so clients (and `anime_gan.stylize`) can read the cap back.
         self.max_side_variable = tf.Variable(max_side, dtype=tf.int32, trainable=False, name="max_side")
         # Images too large to run whole within the memory budget run banded, with whole-image norm
-        # statistics (`anime_gan.banded`); the signatures hold both graphs.
+        # statistics (`anime_gan.deploy.banded`); the signatures hold both graphs.
         bounded = memory_bounded(generator, max_side=max_side,
                                  memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET)
 

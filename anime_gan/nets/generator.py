@@ -6,52 +6,17 @@ import keras
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.layers import (
+from anime_gan.nets.layers import (
     ConvNormLReLU,
     DownConv,
     InvertedResBlock,
     SepConvNormLReLU,
+    Scope,
     UpConv,
-    _Block,
-    _xavier,
+    sub_layers,
+    tf1_variable_map,
+    xavier_init,
 )
-
-
-class _Scope(_Block):
-    """A named group of blocks: one of the official graph's scopes b1, b2, m, u2, u1."""
-
-    def __init__(self, scope, blocks, **kwargs):
-        super().__init__(name=scope, **kwargs)
-        self.tf1_prefix = f"{scope}/"
-        self.blocks = blocks
-
-    def _blocks(self):
-        return self.blocks
-
-    def call(self, x):
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-
-def tf1_variable_map(generator, out_kernel_name):
-    """{official variable name: variable} of a generator: its scopes' blocks plus the output kernel."""
-    if not generator.built:
-        generator.build()
-    mapping = {C.TF1_SCOPE + out_kernel_name: generator.out_kernel}
-    for scope in generator.scopes:
-        for name, var in scope.tf1_names():
-            full = C.TF1_SCOPE + scope.tf1_prefix + name
-            if full in mapping:
-                raise AssertionError(f"duplicate TF1 name {full}")
-            mapping[full] = var
-    return mapping
-
-
-def _sublayers(layer):
-    yield layer
-    for child in layer._blocks():
-        yield from _sublayers(child)
 
 
 class Generator(keras.Model):
@@ -73,27 +38,27 @@ class Generator(keras.Model):
 
     def __init__(self, name="generator", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.b1 = _Scope("b1", [
+        self.b1 = Scope("b1", [
             ConvNormLReLU(64, "Conv", "InstanceNorm"),
             ConvNormLReLU(64, "Conv_1", "InstanceNorm_1"),
             DownConv(128, "SeparableConv2d", "SeparableConv2d_1"),
         ])
-        self.b2 = _Scope("b2", [
+        self.b2 = Scope("b2", [
             ConvNormLReLU(128, "Conv", "InstanceNorm"),
             SepConvNormLReLU(128, "SeparableConv2d"),
             DownConv(256, "SeparableConv2d_1", "SeparableConv2d_2"),
         ])
-        self.m = _Scope("m", [
+        self.m = Scope("m", [
             ConvNormLReLU(256, "Conv", "InstanceNorm"),
             *[InvertedResBlock(f"r{i}") for i in range(1, C.N_INVERTED_RESIDUAL + 1)],
             ConvNormLReLU(256, "Conv_1", "InstanceNorm_1"),
         ])
-        self.u2 = _Scope("u2", [
+        self.u2 = Scope("u2", [
             UpConv(128, "SeparableConv2d"),
             SepConvNormLReLU(128, "SeparableConv2d_1"),
             ConvNormLReLU(128, "Conv", "InstanceNorm"),
         ])
-        self.u1 = _Scope("u1", [
+        self.u1 = Scope("u1", [
             UpConv(128, "SeparableConv2d"),
             ConvNormLReLU(64, "Conv", "InstanceNorm"),
             ConvNormLReLU(64, "Conv_1", "InstanceNorm_1"),
@@ -104,14 +69,14 @@ class Generator(keras.Model):
             # input and first features to bfloat16's 8-bit mantissa is where most of the error
             # comes from (PSNR vs float32: 34.4 dB all-bfloat16, 36.6 dB with b1 in float32, at
             # 256x256), and b1 holds only ~9% of the FLOPs.
-            for layer in _sublayers(self.b1):
+            for layer in sub_layers(self.b1):
                 layer.dtype_policy = "float32"
 
     def build(self, input_shape=(None, None, None, 3)):
         input_shape = tuple(input_shape)
         # The output conv is the only weight held by the model itself.
         self.out_kernel = self.add_weight(
-            name="Conv_weights", shape=(1, 1, 64, 3), initializer=_xavier(), autocast=False
+            name="Conv_weights", shape=(1, 1, 64, 3), initializer=xavier_init(), autocast=False
         )
         # Build every block by tracing a tiny input; shapes are static per channel count.
         super().build(input_shape)
@@ -128,38 +93,3 @@ class Generator(keras.Model):
     def tf1_variable_map(self):
         """{official variable name: our variable}, all 129 of them."""
         return tf1_variable_map(self, "Conv/weights")
-
-
-def generator_class(arch="v1"):
-    """The Keras model class of an architecture: "v1" (AnimeGAN) or "v2" (AnimeGANv2)."""
-    if arch == "v1":
-        return Generator
-    if arch == "v2":
-        from anime_gan.generator_v2 import GeneratorV2
-
-        return GeneratorV2
-    raise ValueError(f"unknown generator architecture {arch!r}; choose one of {', '.join(C.ARCHITECTURES)}.")
-
-
-def build_generator(policy=None, arch="v1", **options):
-    """A built generator of architecture `arch` whose layers compute under the Keras dtype policy `policy`.
-
-    `options` go to the architecture's constructor (v2: resize, epsilon; see `GeneratorV2`).
-
-    `policy` is e.g. "float32", "mixed_bfloat16" (the fast CPU path) or "mixed_float16"; None means
-    the global policy. Sub-layers take the global policy when they are created, so it is set for the
-    construction only and restored afterwards.
-    """
-    cls = generator_class(arch)
-    if policy is None:
-        generator = cls(**options)
-        generator.build()
-        return generator
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_dtype_policy(policy)
-    try:
-        generator = cls(**options)
-        generator.build()
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
-    return generator

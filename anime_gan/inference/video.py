@@ -44,7 +44,7 @@ import numpy as np
 from anime_gan.image_io import VIDEO_CONTAINERS, ImageError
 from data_prep.files import make_readable
 
-log = logging.getLogger("anime_gan.video")
+log = logging.getLogger("anime_gan.inference.video")
 
 VIDEO_CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"

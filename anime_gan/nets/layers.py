@@ -111,12 +111,12 @@ def _instance_norm_of_one_bfloat16_image(x, gamma, beta, epsilon):
     return y
 
 
-def _xavier():
+def xavier_init():
     # slim's default weights initializer is Xavier/Glorot uniform.
     return keras.initializers.GlorotUniform()
 
 
-class _Block(keras.layers.Layer):
+class Block(keras.layers.Layer):
     """A layer whose variables carry their official TF1 names (relative to G_MODEL/<scope>/)."""
 
     def _weight(self, tf1_name, shape, initializer, trainable=True):
@@ -130,15 +130,15 @@ class _Block(keras.layers.Layer):
     def tf1_names(self):
         """[(name relative to the block's TF1 scope, variable)] in creation order."""
         names = list(getattr(self, "_tf1_names", []))
-        for child in self._blocks():
+        for child in self.sub_blocks():
             names.extend((child.tf1_prefix + n, v) for n, v in child.tf1_names())
         return names
 
-    def _blocks(self):
+    def sub_blocks(self):
         return []
 
 
-class _LearnedNorm(_Block):
+class _LearnedNorm(Block):
     """A norm with learned gamma/beta [C] (gamma 1, beta 0 at init); subclasses say over what and
     with which default epsilon."""
 
@@ -164,7 +164,7 @@ class InstanceNorm(_LearnedNorm):
         return instance_norm(x, self.gamma, self.beta, self.epsilon)
 
 
-class ConvNormLReLU(_Block):
+class ConvNormLReLU(Block):
     """`Conv(c)`: reflect pad (k-1)//2, k x k conv stride 1 (no bias), instance norm, LeakyReLU 0.2.
 
     tf1_conv / tf1_norm are the scope names in the official graph ("Conv", "InstanceNorm_1", ...).
@@ -180,10 +180,10 @@ class ConvNormLReLU(_Block):
 
     def build(self, input_shape):
         k = self.kernel_size
-        self.kernel = self._weight(f"{self.tf1_conv}/weights", (k, k, input_shape[-1], self.filters), _xavier())
+        self.kernel = self._weight(f"{self.tf1_conv}/weights", (k, k, input_shape[-1], self.filters), xavier_init())
         self.norm.build(input_shape[:-1] + (self.filters,))
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.norm]
 
     def call(self, x):
@@ -193,7 +193,7 @@ class ConvNormLReLU(_Block):
         return tf.nn.leaky_relu(self.norm(x), alpha=C.LEAKY_ALPHA)
 
 
-class SepConvNormLReLU(_Block):
+class SepConvNormLReLU(Block):
     """`SepConv(c, stride)`: depthwise 3x3 + pointwise 1x1, instance norm (eps 1e-6), LeakyReLU.
 
     Stride 1 pads by reflection 1 on every side; stride 2 pads 0 on top/left and 1 on bottom/right.
@@ -210,11 +210,11 @@ class SepConvNormLReLU(_Block):
     def build(self, input_shape):
         cin = input_shape[-1]
         s = self.tf1_scope
-        self.depthwise = self._weight(f"{s}/depthwise_weights", (3, 3, cin, 1), _xavier())
-        self.pointwise = self._weight(f"{s}/pointwise_weights", (1, 1, cin, self.filters), _xavier())
+        self.depthwise = self._weight(f"{s}/depthwise_weights", (3, 3, cin, 1), xavier_init())
+        self.pointwise = self._weight(f"{s}/pointwise_weights", (1, 1, cin, self.filters), xavier_init())
         self.norm.build(input_shape[:-1] + (self.filters,))
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.norm]
 
     def call(self, x):
@@ -233,7 +233,7 @@ class SepConvNormLReLU(_Block):
         return tf.nn.leaky_relu(self.norm(x), alpha=C.LEAKY_ALPHA)
 
 
-class DownConv(_Block):
+class DownConv(Block):
     """`DownConv(c) = SepConv(c, 2)(x) + SepConv(c, 1)(resize(x, H//2, W//2))`."""
 
     def __init__(self, filters, tf1_strided, tf1_resized, **kwargs):
@@ -242,7 +242,7 @@ class DownConv(_Block):
         self.strided = SepConvNormLReLU(filters, tf1_strided, strides=2)
         self.resized = SepConvNormLReLU(filters, tf1_resized, strides=1)
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.strided, self.resized]
 
     def call(self, x):
@@ -251,7 +251,7 @@ class DownConv(_Block):
         return self.strided(x) + self.resized(half)
 
 
-class UpConv(_Block):
+class UpConv(Block):
     """`UpConv(c) = SepConv(c, 1)(resize(x, 2H, 2W))`."""
 
     def __init__(self, filters, tf1_scope, **kwargs):
@@ -259,7 +259,7 @@ class UpConv(_Block):
         self.tf1_prefix = ""
         self.conv = SepConvNormLReLU(filters, tf1_scope, strides=1)
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.conv]
 
     def call(self, x):
@@ -267,7 +267,7 @@ class UpConv(_Block):
         return self.conv(legacy_resize_bilinear(x, shape[1] * 2, shape[2] * 2))
 
 
-class InvertedResBlock(_Block):
+class InvertedResBlock(Block):
     """Inverted residual block 256 -> 512 -> 256 with a 3x3 depthwise in the middle (scope `r<i>`).
 
     Under a mixed policy the residual stream (the block's input and output) stays float32: the
@@ -294,10 +294,10 @@ class InvertedResBlock(_Block):
             f"{self.r}/w", (3, 3, self.expansion, 1), keras.initializers.TruncatedNormal(stddev=0.02)
         )
         self.norm_dw.build(input_shape[:-1] + (self.expansion,))
-        self.project = self._weight("Conv_1/weights", (1, 1, self.expansion, c), _xavier())
+        self.project = self._weight("Conv_1/weights", (1, 1, self.expansion, c), xavier_init())
         self.norm_project.build(input_shape)
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.expand, self.norm_dw, self.norm_project]
 
     def call(self, x):
@@ -326,7 +326,7 @@ def layer_norm(x, gamma, beta, epsilon, out_dtype=None):
     return _normalize(x, [1, 2, 3], gamma, beta, epsilon, out_dtype)
 
 
-def _variance_scaling(fan_in):
+def variance_scaling_init(fan_in):
     # contrib's variance_scaling_initializer() default: truncated normal, stddev sqrt(1.3 * 2 / fan_in).
     return keras.initializers.TruncatedNormal(stddev=(2.6 / fan_in) ** 0.5)
 
@@ -348,7 +348,7 @@ class LayerNorm(_LearnedNorm):
         return layer_norm(x, self.gamma, self.beta, self.epsilon)
 
 
-class ConvLayerNormLReLU(_Block):
+class ConvLayerNormLReLU(Block):
     """v2's `Conv2DNormLReLU(c, k, s)`: reflect pad (see `v2_padding`), VALID conv without bias,
     layer norm, LeakyReLU 0.2. tf1_conv / tf1_norm: "Conv_1", "LayerNorm_1", ..."""
 
@@ -364,10 +364,10 @@ class ConvLayerNormLReLU(_Block):
     def build(self, input_shape):
         k, cin = self.kernel_size, input_shape[-1]
         self.kernel = self._weight(f"{self.tf1_conv}/weights", (k, k, cin, self.filters),
-                                   _variance_scaling(k * k * cin))
+                                   variance_scaling_init(k * k * cin))
         self.norm.build(input_shape[:-1] + (self.filters,))
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.norm]
 
     def call(self, x):
@@ -376,7 +376,7 @@ class ConvLayerNormLReLU(_Block):
         return tf.nn.leaky_relu(self.norm(x), alpha=C.LEAKY_ALPHA)
 
 
-class InvertedResBlockV2(_Block):
+class InvertedResBlockV2(Block):
     """v2's inverted residual block (scope `r<i>`): CNL(2·cin, k1); reflect pad 1, depthwise 3x3 with
     bias, layer norm `1`, LeakyReLU; 1x1 conv to 256, layer norm `2`; the input is added only when it
     already has 256 channels (r2-r4, not r1)."""
@@ -399,10 +399,10 @@ class InvertedResBlockV2(_Block):
         self.depthwise = self._weight(f"{self.r}/w", (3, 3, hidden, 1), keras.initializers.TruncatedNormal(stddev=0.02))
         self.depthwise_bias = self._weight(f"{self.r}/bias", (hidden,), "zeros")
         self.norm_dw.build(input_shape[:-1] + (hidden,))
-        self.project = self._weight("Conv_1/weights", (1, 1, hidden, self.filters), _variance_scaling(hidden))
+        self.project = self._weight("Conv_1/weights", (1, 1, hidden, self.filters), variance_scaling_init(hidden))
         self.norm_project.build(input_shape[:-1] + (self.filters,))
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.expand, self.norm_dw, self.norm_project]
 
     def call(self, x):
@@ -416,7 +416,7 @@ class InvertedResBlockV2(_Block):
         return h + x if self.residual else h
 
 
-class UpsampleV2(_Block):
+class UpsampleV2(Block):
     """v2's `Unsample(c)`: TF1 legacy bilinear x2, then `Conv2DNormLReLU(c)`.
 
     With `size` (the PyTorch port's default mode) it resizes to that size instead, with
@@ -428,7 +428,7 @@ class UpsampleV2(_Block):
         self.tf1_prefix = ""
         self.conv = ConvLayerNormLReLU(filters, tf1_conv, tf1_norm, epsilon=epsilon)
 
-    def _blocks(self):
+    def sub_blocks(self):
         return [self.conv]
 
     def call(self, x, size=None):
@@ -438,3 +438,41 @@ class UpsampleV2(_Block):
         y = tf.raw_ops.ResizeBilinear(images=tf.cast(x, tf.float32), size=size, align_corners=True,
                                       half_pixel_centers=False)
         return self.conv(tf.cast(y, x.dtype))
+
+
+# ---- what both generators are made of: named scopes and the official variable names ----------
+class Scope(Block):
+    """A named group of blocks: one of the official graph's scopes b1, b2, m, u2, u1."""
+
+    def __init__(self, scope, blocks, **kwargs):
+        super().__init__(name=scope, **kwargs)
+        self.tf1_prefix = f"{scope}/"
+        self.blocks = blocks
+
+    def sub_blocks(self):
+        return self.blocks
+
+    def call(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def tf1_variable_map(generator, out_kernel_name):
+    """{official variable name: variable} of a generator: its scopes' blocks plus the output kernel."""
+    if not generator.built:
+        generator.build()
+    mapping = {C.TF1_SCOPE + out_kernel_name: generator.out_kernel}
+    for scope in generator.scopes:
+        for name, var in scope.tf1_names():
+            full = C.TF1_SCOPE + scope.tf1_prefix + name
+            if full in mapping:
+                raise AssertionError(f"duplicate TF1 name {full}")
+            mapping[full] = var
+    return mapping
+
+
+def sub_layers(layer):
+    yield layer
+    for child in layer.sub_blocks():
+        yield from sub_layers(child)

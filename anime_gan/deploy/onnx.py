@@ -2,7 +2,7 @@
 
     python -m anime_gan.export --format=onnx --checkpoint_dir=checkpoints/hayao --output=hayao.onnx
 
-Contract (the SavedModel's `serving_default`, see `anime_gan.serving`): input `images` uint8
+Contract (the SavedModel's `serving_default`, see `anime_gan.deploy.saved_model`): input `images` uint8
 [N, H, W, 3] RGB with N, H and W dynamic; output `stylized` uint8 [N, H, W, 3], the same size.
 A second output, `stylized_unit_range`, is the float32 [-1, 1] image before it is quantised (what the
 tests compare at 1e-4; a client asking only for `stylized` pays nothing for it in ONNX Runtime).
@@ -10,7 +10,7 @@ The pixel mapping is `images_to_unit_range` in (x / 127.5 - 1) and `unit_range_t
 (clip((y + 1) / 2 * 255, 0, 255), then a Cast to uint8, which truncates as TF's cast does), so a
 pixel comes out as the SavedModel's does (within one level where float32 rounding differs).
 Each image is reflect-padded at the bottom and right to a multiple of 4 and cropped back, as
-`anime_gan.serving.generate` does; a v2 generator in align-corners mode runs unpadded.
+`anime_gan.deploy.saved_model.generate` does; a v2 generator in align-corners mode runs unpadded.
 
 What the model does not do: the SavedModel's in-graph size checks (at least 8 pixels a side, at
 most max_side) and its N = 0 answer. tf2onnx drops Assert ops, so the runner checks sizes before
@@ -62,7 +62,7 @@ def onnx_function(generator):
     import tensorflow as tf
 
     from anime_gan.image_io import images_to_unit_range, unit_range_to_images
-    from anime_gan.serving import _float32_generator
+    from anime_gan.deploy.saved_model import _float32_generator
 
     if not generator.built:
         generator.build()

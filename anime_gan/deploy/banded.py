@@ -30,7 +30,7 @@ ops in `tf.while_loop`s over a dynamic number of bands (buffers filled in place 
 
 A new architecture needs a program builder (`PROGRAM_BUILDERS`) and, for a new block type, an
 emitter (`BLOCK_EMITTERS`) that writes the block's ops as nodes, op for op as its `call` computes.
-Heights must be multiples of 4 (`anime_gan.serving.generate` pads to them); widths may be anything.
+Heights must be multiples of 4 (`anime_gan.deploy.saved_model.generate` pads to them); widths may be anything.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from fractions import Fraction
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.layers import (
+from anime_gan.nets.layers import (
     ConvNormLReLU,
     DownConv,
     InvertedResBlock,
@@ -384,7 +384,7 @@ BLOCK_EMITTERS = {
 
 def _emit_v2_cnl(p, name, layer, x):
     """`ConvLayerNormLReLU.call`: reflect pad (`v2_padding`), conv (stride 1 or 2), layer norm, LeakyReLU."""
-    from anime_gan.layers import v2_padding
+    from anime_gan.nets.layers import v2_padding
 
     k, s = layer.kernel_size, layer.strides
     kernel = _raw(layer.kernel)
@@ -414,7 +414,7 @@ def _emit_v2_upsample(p, name, layer, x):
 
 
 def _register_v2_emitters():
-    from anime_gan.layers import ConvLayerNormLReLU, InvertedResBlockV2, UpsampleV2
+    from anime_gan.nets.layers import ConvLayerNormLReLU, InvertedResBlockV2, UpsampleV2
 
     BLOCK_EMITTERS.update({
         ConvLayerNormLReLU: _emit_v2_cnl,
@@ -1001,7 +1001,7 @@ class MemoryBoundedGenerator:
 
 
 def memory_bounded(generator, max_side=C.DEFAULT_MAX_SIDE, memory_budget=DEFAULT_MEMORY_BUDGET):
-    """What `anime_gan.serving.generate` should run: a `MemoryBoundedGenerator`, or the generator
+    """What `anime_gan.deploy.saved_model.generate` should run: a `MemoryBoundedGenerator`, or the generator
     itself where banded inference does not apply (a v2 generator in the PyTorch port's
     align-corners resize mode, whose memory is then not bounded)."""
     try:

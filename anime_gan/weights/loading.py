@@ -11,7 +11,7 @@
 4. a training checkpoint prefix such as `<run>/ckpt-12` (TF2, object-based);
 5. a `.weights.h5` file;
 6. an official TF1 checkpoint prefix (`.index` + `.data-*`, name-based);
-7. a `.pt` weights file of the PyTorch port of AnimeGANv2 (read without PyTorch: anime_gan.torch_weights).
+7. a `.pt` weights file of the PyTorch port of AnimeGANv2 (read without PyTorch: anime_gan.weights.torch_port).
 
 TF2 and TF1 checkpoints are told apart by the `_CHECKPOINTABLE_OBJECT_GRAPH` entry only TF2 writes.
 When a run folder or a training checkpoint is read, one line (logged, INFO; the commands show it on
@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from anime_gan import constants as C
 from anime_gan.errors import ModelError, PathNotFoundError
-from anime_gan.generator import build_generator
+from anime_gan.nets import build_generator
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def restore_training_checkpoint(prefix, generator):
 
 
 def restore_saved_model(directory, generator):
-    """Sets `generator` from a SavedModel written by `anime_gan.serving.export_saved_model`.
+    """Sets `generator` from a SavedModel written by `anime_gan.deploy.saved_model.export_saved_model`.
 
     The SavedModel tracks G's variables as the list `generator_variables`, in `generator.weights`
     order; they are read from its `variables/` checkpoint (its graphs are not loaded), and their
@@ -388,7 +388,7 @@ def load_generator(path, policy=None):
     """
     source = resolve_model(path)
     if source.kind == "torch":
-        from anime_gan.torch_weights import load_torch_generator
+        from anime_gan.weights.torch_port import load_torch_generator
 
         return load_torch_generator(source.path, policy=policy)
     arch, options = source_spec(source)

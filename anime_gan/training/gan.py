@@ -54,7 +54,7 @@ import keras
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan import losses as L
+from anime_gan.training import losses as L
 
 
 

@@ -108,7 +108,7 @@ def validate_config(cfg: TrainConfig, require_data: bool = True) -> None:
         need(math.isfinite(value) and value >= 0, f"--{name} must be a number >= 0 (got {value}).")
     need(cfg.training_rate >= 1, f"--training_rate (G updates per D update) must be at least 1 "
                                  f"(got {cfg.training_rate}).")
-    from anime_gan.losses import check_gan_type
+    from anime_gan.training.losses import check_gan_type
 
     check_gan_type(cfg.gan_type)
     need(cfg.ch >= 2, f"--ch (discriminator width) must be at least 2 (got {cfg.ch}).")
@@ -129,7 +129,7 @@ def validate_config(cfg: TrainConfig, require_data: bool = True) -> None:
          f"--dataset must be a style folder name such as Hayao (got {cfg.dataset!r}).")
     need(not (cfg.strategy == "multi_worker" and not os.environ.get("TF_CONFIG")),
          "--strategy=multi_worker needs the TF_CONFIG environment variable describing the cluster.")
-    from anime_gan.vgg import WEIGHT_CHOICES
+    from anime_gan.nets.vgg import WEIGHT_CHOICES
 
     if cfg.vgg_weights.lower() not in WEIGHT_CHOICES:
         need(os.path.isfile(cfg.vgg_weights),

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.layers import InstanceNorm, LayerNorm
+from anime_gan.nets.layers import InstanceNorm, LayerNorm
 
 # The original initialises every discriminator kernel with N(0, 0.02) (plain, not truncated).
 D_WEIGHT_STDDEV = 0.02

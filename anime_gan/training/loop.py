@@ -52,10 +52,10 @@ import time
 import tensorflow as tf
 
 from anime_gan.errors import TrainingStopped
-from anime_gan.run_lock import RunLock
-from anime_gan.run_logs import (LOSS_PLOT_FILE, METRICS_FILE, SAMPLE_LIMIT, RunLog, plot_losses, sample_grid,
+from anime_gan.training.run_lock import RunLock
+from anime_gan.training.run_logs import (LOSS_PLOT_FILE, METRICS_FILE, SAMPLE_LIMIT, RunLog, plot_losses, sample_grid,
                                 truncate_metrics)
-from anime_gan.train_config import ConfigError, TrainConfig, validate_config
+from anime_gan.training.config import ConfigError, TrainConfig, validate_config
 
 __all__ = ["ConfigError", "NonFiniteLossError", "TrainConfig", "TrainResult", "build_model", "configure",
            "is_chief", "make_strategy", "split_batch", "step_functions", "train", "validate_config"]
@@ -93,10 +93,10 @@ def build_model(cfg: TrainConfig, strategy):
     """G, D, VGG and the AnimeGAN model with its three optimizers, inside the strategy's scope."""
     import keras
 
-    from anime_gan.discriminator import Discriminator
-    from anime_gan.generator import generator_class
-    from anime_gan.model import AnimeGAN, make_adam
-    from anime_gan.vgg import load_vgg19
+    from anime_gan.nets.discriminator import Discriminator
+    from anime_gan.nets import generator_class
+    from anime_gan.training.gan import AnimeGAN, make_adam
+    from anime_gan.nets.vgg import load_vgg19
 
     with strategy.scope():
         # --arch=v2: AnimeGANv2's generator and its discriminator, which has layer norms where v1's has
@@ -562,9 +562,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg, strategy, chief, own_dir, restart):
-    from anime_gan.data import make_train_dataset, make_val_dataset
+    from anime_gan.training.data import make_train_dataset, make_val_dataset
     from anime_gan.image_io import write_image
-    from anime_gan.weights import WEIGHTS_FILENAME, save_generator
+    from anime_gan.weights.loading import WEIGHTS_FILENAME, save_generator
 
     generator_dir = os.path.join(cfg.checkpoint_dir, "generator")
     if chief:
@@ -750,7 +750,7 @@ def _train(cfg, strategy, chief, own_dir, restart):
         with stop_if_disk_full(cfg.log_dir):
             loss_plot = plot_losses(logs.path, os.path.join(cfg.log_dir, LOSS_PLOT_FILE))
         if cfg.export_saved_model:
-            from anime_gan.serving import export_saved_model
+            from anime_gan.deploy.saved_model import export_saved_model
 
             saved_model = os.path.join(cfg.checkpoint_dir, "saved_model")
             if trained_now or not os.path.exists(os.path.join(saved_model, "saved_model.pb")):
