@@ -54,7 +54,7 @@ test-kernels: $(VENV)/.installed  ## the exactness tests again with oneDNN off, 
 	    $(PY) -m pytest -q $(EXACTNESS_TESTS) $(PYTEST_ARGS); \
 	done
 
-golden: $(VENV)/.installed  ## maintainers: regenerate anime_gan/golden/ (needs ../shared/reference/, not in a user's clone)
+golden: $(VENV)/.installed  ## maintainers: regenerate anime_gan/golden/ (needs the maintainers' reference graph, not in a user's clone)
 	$(PY) tools/make_golden.py
 
 clean:  ## remove the virtualenv and caches (keeps dataset/ and checkpoints/)

@@ -10,7 +10,7 @@ SEPCONV_IN_EPSILON = 1e-6
 
 LEAKY_ALPHA = 0.2
 
-# AnimeGANv2 (ORIGINAL_V2.md): contrib layer norm's epsilon, and the generator's size.
+# AnimeGANv2: contrib layer norm's epsilon, and the generator's size.
 LN_EPSILON = 1e-12
 GENERATOR_V2_PARAMS = 2_143_552
 GENERATOR_V2_VARIABLES = 77

@@ -5,7 +5,7 @@ our Keras 3 generator weights.
     python -m anime_gan.convert --pytorch=face_paint_512_v2.pt --output=checkpoints/face_paint_v2
 
 writes OUTPUT/generator.weights.h5 (read by `anime_gan.load_generator`; `anime_gan.convert_checkpoint`
-and `anime_gan.weights.torch_port.convert_torch` from Python) and, unless --nosaved_model, OUTPUT/saved_model/
+and `anime_gan.weights.convert_torch` from Python) and, unless --nosaved_model, OUTPUT/saved_model/
 for TF Serving (`anime_gan.export`).
 
 --pytorch reads a state_dict of bryandlee/animegan2-pytorch's Generator (torch is not needed; the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+from anime_gan import cli
 from anime_gan import constants as C
 from anime_gan.errors import ConfigError
 
@@ -39,13 +40,8 @@ def define_flags():
                          lower_bound=C.MIN_SIDE)
 
 
-def main(argv):
-    """The command (run by `anime_gan.cli.run`)."""
-    from absl import flags
-
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value.")
-    FLAGS = flags.FLAGS
+def _check_flags(FLAGS):
+    """The flag combinations refused before TensorFlow loads."""
     if FLAGS.tf1_checkpoint and FLAGS.pytorch:
         raise ConfigError("pass one of --tf1_checkpoint and --pytorch, not both.")
     if not FLAGS.tf1_checkpoint and not FLAGS.pytorch:
@@ -54,22 +50,28 @@ def main(argv):
     if FLAGS.resize and not FLAGS.pytorch:
         raise ConfigError("--resize applies to --pytorch only; an official checkpoint converts to the official graph.")
 
-    from anime_gan.export import export
+
+def main(argv):
+    """The command (run by `anime_gan.cli.run`)."""
+    from absl import flags
+
+    cli.reject_arguments(argv)
+    FLAGS = flags.FLAGS
+    _check_flags(FLAGS)
+    from anime_gan.deploy.saved_model import export_saved_model
     from anime_gan.nets.generator_v2 import RESIZE_MODES
+    from anime_gan.weights import PORT_RESIZE, convert_checkpoint, convert_torch, load_generator
 
     if FLAGS.resize and FLAGS.resize not in RESIZE_MODES:
         raise ConfigError(f"--resize must be one of {', '.join(RESIZE_MODES)} (got {FLAGS.resize!r}).")
     if FLAGS.pytorch:
-        from anime_gan.weights.torch_port import PORT_RESIZE, convert_torch
-
         path = convert_torch(FLAGS.pytorch, FLAGS.output, FLAGS.resize or PORT_RESIZE)
     else:
-        from anime_gan.weights.loading import convert_checkpoint
-
         path = convert_checkpoint(FLAGS.tf1_checkpoint, FLAGS.output)
     print(f"wrote {path}")
     if FLAGS.saved_model:
-        out = export(FLAGS.output, os.path.join(FLAGS.output, "saved_model"), FLAGS.max_side, overwrite=True)
+        out = export_saved_model(load_generator(FLAGS.output), os.path.join(FLAGS.output, C.SAVED_MODEL_DIR),
+                                 max_side=FLAGS.max_side)
         print(f"wrote {out}")
     return 0
 
@@ -77,5 +79,4 @@ def main(argv):
 if __name__ == "__main__":
     from anime_gan import cli
 
-    define_flags()
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -5,20 +5,13 @@ Re-running the same command resumes from the newest checkpoint in --checkpoint_d
 """
 
 import dataclasses
-import logging
 
 from absl import flags
 
-from anime_gan.cli import quiet_tensorflow_import
-
-quiet_tensorflow_import()
-
 from anime_gan import cli
-from anime_gan.training import loop as training  # noqa: E402
-from anime_gan import constants as C  # noqa: E402
-from anime_gan.training.config import MIXED_PRECISION, STRATEGIES, ConfigError, TrainConfig, validate_config  # noqa: E402
+from anime_gan import constants as C
+from anime_gan.training.config import MIXED_PRECISION, STRATEGIES, TrainConfig, validate_config
 
-logger = logging.getLogger("anime_gan.train")  # not __name__: run with -m, this module is __main__
 FLAGS = flags.FLAGS
 
 # One flag per TrainConfig field, same name, default from TrainConfig (the original's flags keep
@@ -71,42 +64,41 @@ HELP = {
     "restart": "Train from step 0 even though --checkpoint_dir holds checkpoints (they are removed); without it a run "
                "resumes from its newest good checkpoint, or is refused when none can be restored.",
 }
-_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
-for _field in dataclasses.fields(TrainConfig):
-    if _field.name == "log_dir":
-        # absl.logging already defines --log_dir (for log files it only writes when asked to, which we
-        # never do); we take it over with our meaning rather than rename the original's flag.
-        FLAGS["log_dir"].help = HELP["log_dir"]
-        continue
-    _DEFINE[type(_field.default)](_field.name, _field.default, HELP[_field.name])
+
+
+def define_flags() -> None:
+    """Defines one flag per TrainConfig field (once; a second call does nothing)."""
+    if "init_epoch" in FLAGS:
+        return
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+              str: flags.DEFINE_string}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "log_dir":
+            # absl.logging already defines --log_dir (for log files it only writes when asked to, which
+            # we never do); we take it over with our meaning rather than rename the original's flag.
+            FLAGS["log_dir"].help = HELP["log_dir"]
+            continue
+        define[type(field.default)](field.name, field.default, HELP[field.name])
 
 
 def config_from_flags() -> TrainConfig:
+    """The TrainConfig the parsed flags describe."""
     return TrainConfig(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def ensure_demo_data(cfg: TrainConfig) -> None:
-    """Builds the offline demo set on first use of --dataset=Demo (the command's job, not the library's)."""
-    import os
-
-    from data_prep import demo
-
-    if cfg.dataset != demo.STYLE or os.path.isdir(os.path.join(cfg.dataset_dir, demo.STYLE, "smooth")):
-        return
-    logger.info(f"Building the offline demo set in {cfg.dataset_dir} (first run) ...")
-    demo.ensure(cfg.dataset_dir, progress=False)
-
-
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value.")
+    # The library loads TensorFlow: imported here, after `cli.run` has quieted its import.
+    from anime_gan.training.data import ensure_demo_data
+    from anime_gan.training.loop import train
+
+    cli.reject_arguments(argv)
     cfg = config_from_flags()
     validate_config(cfg.resolved(), require_data=False)  # bad flags fail before the demo set is built
-    ensure_demo_data(cfg)
-    result = training.train(cfg)
-    print(result.text())
+    ensure_demo_data(cfg.dataset_dir, cfg.dataset)
+    print(train(cfg).text())
     return 0
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    from anime_gan import cli
+    cli.run(main, define_flags)

@@ -41,7 +41,7 @@ def matmul_peak_gflops(dtype, n=2048, repeats=5):
 def make_generator(policy, values):
     """A Generator built under `policy` holding the official-layout weights `values`."""
     from anime_gan.nets import build_generator
-    from anime_gan.weights.loading import tf1_to_generator
+    from anime_gan.weights import tf1_to_generator
 
     return tf1_to_generator(values, build_generator(policy))
 

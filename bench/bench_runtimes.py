@@ -12,7 +12,7 @@ accuracy_db: PSNR of the float [-1, 1] output against our float32 generator in t
 ratio_to_official: to the official v1 graph at the same size; it has no v2, so the v2 rows are also
 divided by the v1 graph's time (a yardstick for the machine, not a like-for-like comparison).
 The fastest float-accurate runtime of the largest size measured is written to the `auto` table
-(`anime_gan.runtimes`, source "bench").
+(`anime_gan.inference.runtimes`, source "bench").
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from bench.common import interleaved_timings
 SIZES = [(256, 256), (720, 1280)]
 
 
-def _generators():
+def seeded_generators():
+    """(the official variables' seeded values, {"v1": Generator with them, "v2": a seeded GeneratorV2})."""
     import keras
 
     from anime_gan.nets import Generator, build_generator
     from official_graph import random_official_weights
-    from anime_gan.weights.loading import tf1_to_generator
+    from anime_gan.weights import tf1_to_generator
 
     probe = Generator()
     probe.build()
@@ -47,7 +48,7 @@ def _runners(generator, workdir):
     """{name: (uint8 -> uint8, uint8 -> float [-1, 1] or None)} for each installed runtime."""
     import tensorflow as tf
 
-    from anime_gan import runtimes
+    from anime_gan.inference import runners
     from anime_gan.image_io import images_to_unit_range
     from anime_gan.deploy.saved_model import IMAGES_KEY, StylizeModule, generate
 
@@ -55,31 +56,31 @@ def _runners(generator, workdir):
     out = {"tensorflow": (lambda x: module.serving_default(tf.constant(x))[IMAGES_KEY].numpy(),
                           lambda x: generate(generator, images_to_unit_range(x)).numpy())}
     notes = []
-    if runtimes.installed("onnxruntime") or runtimes.installed("openvino"):
+    if runners.installed("onnxruntime") or runners.installed("openvino"):
         from anime_gan.deploy.onnx import to_onnx
 
         path = f"{workdir}/{generator.arch}.onnx"
         with open(path, "wb") as f:
             f.write(to_onnx(generator).SerializeToString())
         for name in ("onnxruntime", "openvino"):
-            if runtimes.installed(name):
-                runner = runtimes._runner(name, path)
+            if runners.installed(name):
+                runner = runners.make_runner(name, path)
                 out[name] = (runner, runner.unit_range)
     return out, notes
 
 
 def _litert(generator, workdir, height, width):
     """LiteRT float32 (XNNPACK) at one size (the TFLite export has a fixed size), or a note why not."""
-    from anime_gan import runtimes
+    from anime_gan.inference import runners
 
-    if not runtimes.installed("litert"):
+    if not runners.installed("litert"):
         return None, None
     try:
         from anime_gan.deploy.tflite import TFLiteRunner, write_tflite
 
         path = f"{workdir}/{generator.arch}-{height}x{width}.tflite"
         write_tflite(generator, path, precision="float32", height=height, width=width)
-        return TFLiteRunner(path, threads=runtimes.threads()), None
+        return TFLiteRunner(path, threads=runners.threads()), None
     except Exception as e:  # noqa: BLE001 - another module's failure is a note, not a lost section
         return None, f"litert {generator.arch} {width}x{height} skipped: {type(e).__name__}: {str(e).splitlines()[0]}"
 
@@ -92,12 +93,12 @@ def run(repeats=None, quick=False, sizes=None):
     """
     import gc
 
-    from anime_gan import runtimes
+    from anime_gan.inference import runtimes
     from official_graph import OFFICIAL_META, OfficialGenerator
 
     repeats = repeats or (3 if quick else 5)
     sizes = sizes or ([(256, 256)] if quick else SIZES)
-    values, generators = _generators()
+    values, generators = seeded_generators()
     official = None
     if OFFICIAL_META.exists():
         official = OfficialGenerator(OFFICIAL_META)
@@ -180,7 +181,7 @@ def run(repeats=None, quick=False, sizes=None):
 
 
 def _db(reference, y):
-    from anime_gan.runtimes import psnr_db
+    from anime_gan.inference.runtimes import psnr_db
 
     return round(min(psnr_db(reference, y), 999.0), 1)
 

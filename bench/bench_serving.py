@@ -104,13 +104,13 @@ def bench_pipelines(repeats=2, quick=False):
     import keras
     import numpy as np
 
-    from anime_gan import image_io, stylize
+    from anime_gan import image_io, inference
     from anime_gan.nets.generator import Generator
 
     keras.utils.set_random_seed(0)  # seeded weights (the cost does not depend on them)
     generator = Generator()
     generator.build()
-    stylizer = stylize.get_model(generator)
+    stylizer = inference.get_model(generator)
     folder = dict(FOLDER, photos=8, size=(256, 256)) if quick else FOLDER
     clip = dict(VIDEO, frames=16) if quick else VIDEO
     rows = []
@@ -124,10 +124,10 @@ def bench_pipelines(repeats=2, quick=False):
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in _decode(tmp / "clip.mp4")])
         cases = {
             f"folder: {folder['photos']} PNG photos {folder['size'][1]}x{folder['size'][0]}": (
-                np.stack(photos), lambda: stylize.stylize_images(
-                    stylizer, stylize.folder_jobs(tmp / "photos", tmp / "out")[0], BATCH_SIZE)),
+                np.stack(photos), lambda: inference.stylize_images(
+                    stylizer, inference.folder_jobs(tmp / "photos", tmp / "out")[0], BATCH_SIZE)),
             f"video: {clip['frames']} frames {clip['size'][1]}x{clip['size'][0]} H.264 + AAC, {clip['fps']} fps": (
-                decoded, lambda: stylize.stylize_video(stylizer, tmp / "clip.mp4", tmp / "anime.mp4", BATCH_SIZE)),
+                decoded, lambda: inference.stylize_video(stylizer, tmp / "clip.mp4", tmp / "anime.mp4", BATCH_SIZE)),
         }
         for case, (pixels, end_to_end) in cases.items():
             def model_only(pixels=pixels):

@@ -17,16 +17,17 @@ from bench.common import median_ms
 def train_step_rate(phase="gan", policy="float32", jit_compile=False, img_size=256, batch_size=6,
                     repeats=3, warmup=1):
     """{phase, dtype, xla, step_ms, images_per_s} of our compiled train step."""
-    from anime_gan.training import loop as T
+    from anime_gan.training.config import TrainConfig
+    from anime_gan.training.setup import build_model, step_functions
 
-    cfg = T.TrainConfig(vgg_weights="random", img_size=img_size, batch_size=batch_size,
-                        mixed_precision="none" if policy == "float32" else policy)
+    cfg = TrainConfig(vgg_weights="random", img_size=img_size, batch_size=batch_size,
+                      mixed_precision="none" if policy == "float32" else policy)
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
         strategy = tf.distribute.get_strategy()
-        model = T.build_model(cfg, strategy)
-        init_fn, gan_fn, _ = T.step_functions(model, strategy, jit_compile)
+        model = build_model(cfg, strategy)
+        init_fn, gan_fn, _ = step_functions(model, strategy, jit_compile)
         rng = np.random.default_rng(0)
         batch = tuple(tf.constant(rng.uniform(-1, 1, (batch_size, img_size, img_size, 3)).astype(np.float32))
                       for _ in range(4))

@@ -87,7 +87,7 @@ def main(argv):
 
     from anime_gan.nets import Generator, build_generator
     from official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
-    from anime_gan.weights.loading import tf1_to_generator
+    from anime_gan.weights import tf1_to_generator
 
     try:
         h, w = (int(v) for v in FLAGS.size.lower().split("x"))

@@ -8,7 +8,7 @@ The generator (seeded random weights, as in bench.bench_runtimes) is converted o
 
 - ONNX Runtime (CPU provider, `--threads` intra-op threads) with `enable_profiling`: the JSON
   profile's "Node" events (`args.op_name`, `dur`) of the timed runs (the warm-up runs are left out);
-- OpenVINO CPU at float32 (`INFERENCE_PRECISION_HINT` f32, LATENCY, as anime_gan.runtimes sets it),
+- OpenVINO CPU at float32 (`INFERENCE_PRECISION_HINT` f32, LATENCY, as anime_gan.inference.runners sets it),
   compiled for the image's shape, with `PERF_COUNT`: `get_profiling_info()` real time of the
   executed nodes, summed over the timed runs.
 
@@ -44,7 +44,7 @@ flags.DEFINE_integer("warmup", 2, "Untimed runs per runtime first.", lower_bound
 flags.DEFINE_integer("threads", 2, "Intra-op threads of each runtime.", lower_bound=1)
 flags.DEFINE_integer("top", 14, "Op types listed per runtime (the rest summed as 'other').", lower_bound=1)
 flags.DEFINE_enum("ov_precision", "f32", ["f32", "bf16"],
-                  "OpenVINO INFERENCE_PRECISION_HINT (anime_gan.runtimes uses f32; bf16 shows what it would gain).")
+                  "OpenVINO INFERENCE_PRECISION_HINT (anime_gan.inference.runners uses f32; bf16 shows what it would gain).")
 flags.DEFINE_bool("litert", True, "Also time (not profile) LiteRT int8 dynamic-range.")
 
 # Op type -> group, for ONNX Runtime and OpenVINO names.
@@ -173,8 +173,8 @@ def main(argv):
     import tensorflow as tf
 
     from anime_gan.deploy.onnx import to_onnx
-    from anime_gan.runtimes import calibration_image, psnr_db
-    from bench.bench_runtimes import _generators
+    from anime_gan.inference.runtimes import calibration_image, psnr_db
+    from bench.bench_runtimes import seeded_generators
 
     try:
         h, w = (int(v) for v in FLAGS.size.lower().split("x"))
@@ -182,7 +182,7 @@ def main(argv):
         raise app.UsageError(f"--size={FLAGS.size!r} is not HEIGHTxWIDTH, e.g. 256x256.")
     print(f"load: {os.getloadavg()}; {FLAGS.arch} {w}x{h}, {FLAGS.threads} threads, "
           f"{FLAGS.warmup} warm-up + {FLAGS.runs} timed runs")
-    values, generators = _generators()
+    values, generators = seeded_generators()
     generator = generators[FLAGS.arch]
     big = calibration_image(max(h, w))  # photo-like: smooth gradients plus noise
     image = np.ascontiguousarray(big[:, :h, :w])

@@ -28,10 +28,10 @@ from data_prep import report
 
 log = logging.getLogger(__name__)
 
-# The official release of the training set (ORIGINAL.md, "Data").
+# The official release of the training set (docs/original.md, "Data").
 DATASET_URL = "https://github.com/TachibanaYoshino/AnimeGAN/releases/download/dataset-1/dataset.zip"
 CHUNK = 1 << 20
-# The official release (ORIGINAL.md, "Data"): 6,656 training photos.
+# The official release (docs/original.md, "Data"): 6,656 training photos.
 OFFICIAL_COUNTS = {"train_photo": 6656}
 OFFICIAL_STYLES = ("Hayao", "Paprika", "Shinkai")
 # What an archive may expand to, read from its central directory before anything is unpacked. The

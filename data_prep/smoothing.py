@@ -1,6 +1,6 @@
 """Edge smoothing of anime style images (the `smooth/` copies the discriminator sees as "fake").
 
-The official recipe for one style image at size s (ORIGINAL.md, "Data"): resize the BGR copy and the
+The official recipe for one style image at size s (docs/original.md, "Data"): resize the BGR copy and the
 separately read grayscale copy to s×s with OpenCV's default interpolation; edges = Canny(gray, 100, 200);
 mask = dilate(edges, 5×5 ones); every masked pixel takes, per channel, the 5×5 Gaussian
 (`getGaussianKernel(5, 0)` outer product) over the image padded by 2 in numpy's 'reflect' mode, the

@@ -18,7 +18,7 @@ def official_meta():
 @pytest.fixture(scope="module")
 def weights_dir(generator, tmp_path_factory):
     """The test module's `generator` fixture saved in a folder as generator.weights.h5 (a model path)."""
-    from anime_gan.weights.loading import save_generator
+    from anime_gan.weights import save_generator
 
     directory = tmp_path_factory.mktemp("weights")
     save_generator(generator, directory)

@@ -18,27 +18,29 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import keras  # noqa: E402
 
-from anime_gan.training import loop as T  # noqa: E402
+from anime_gan.training.config import ConfigError, TrainConfig  # noqa: E402
+from anime_gan.training.loop import train  # noqa: E402
+from anime_gan.training.setup import build_model, configure, make_strategy, split_batch, step_functions  # noqa: E402
 
 SGD_LR = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "xla" else 1e-6
-cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=4, seed=1)
-T.configure(cfg)
-mirrored = T.make_strategy("mirrored")
+cfg = TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=4, seed=1)
+configure(cfg)
+mirrored = make_strategy("mirrored")
 default = tf.distribute.get_strategy()
 assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
 if sys.argv[1:2] == ["xla"]:  # xla DATASET_DIR STYLE
     try:
-        T.train(T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=4, strategy="mirrored",
-                              jit_compile=True, dataset_dir=sys.argv[2], dataset=sys.argv[3],
-                              checkpoint_dir=sys.argv[2] + "/never-written"))
+        train(TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=4, strategy="mirrored",
+                          jit_compile=True, dataset_dir=sys.argv[2], dataset=sys.argv[3],
+                          checkpoint_dir=sys.argv[2] + "/never-written"))
         print(json.dumps({"error": None}))
-    except T.ConfigError as e:
+    except ConfigError as e:
         print(json.dumps({"error": str(e)}))
     sys.exit(0)
 
 
 def setup(strategy):
-    model = T.build_model(cfg, strategy)
+    model = build_model(cfg, strategy)
     with strategy.scope():
         # Plain SGD: the update is the gradient itself, so the comparison sees the gradients'
         # equality directly (Adam's first step is ~lr*sign(g), which turns rounding noise on exactly
@@ -52,8 +54,8 @@ rng = np.random.default_rng(0)
 batch = tuple(tf.constant(rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)) for _ in range(4))
 fns = {}
 for name, model, strategy in (("two", two, mirrored), ("one", one, default)):
-    init_fn, gan_fn, _ = T.step_functions(model, strategy, jit_compile=False)
-    fns[name] = (init_fn, gan_fn, T.split_batch(strategy, cfg.batch_size)(batch))
+    init_fn, gan_fn, _ = step_functions(model, strategy, jit_compile=False)
+    fns[name] = (init_fn, gan_fn, split_batch(strategy, cfg.batch_size)(batch))
 
 
 def weights(model):

@@ -1,8 +1,9 @@
-"""The web page (`anime_gan.app`): the models it finds, its answers to good and bad uploads (the command
-line's own sentences), a video with its progress, and the page itself driven in headless Chromium
-(Debian's /usr/bin/chromium through Playwright; no browser is downloaded): upload, result, download,
-error, a second upload. With ../shared's AnimeGANv2 reference, a screenshot of the page with a real
-result is written to a temporary folder (and copied to /tmp/app_screenshot.png)."""
+"""The web page (`anime_gan.app`, its library `anime_gan.web`): the models it finds, its answers to good
+and bad uploads (the command line's own sentences), a video with its progress, and the page itself
+driven in headless Chromium (Debian's /usr/bin/chromium through Playwright; no browser is downloaded):
+upload, result, download, error, a second upload. With the maintainers' AnimeGANv2 reference
+(tests/v2_reference.py), a screenshot of the page with a real result is written to a temporary folder
+(and copied to /tmp/app_screenshot.png); tools/make_app_screenshot.py makes docs/app.png."""
 
 import base64
 import io
@@ -17,8 +18,9 @@ import pytest
 
 pytest.importorskip("flask")
 
-from anime_gan import app as web  # noqa: E402
 from anime_gan.errors import ConfigError  # noqa: E402
+from anime_gan.web import choices, uploads  # noqa: E402
+from anime_gan.web import server as web_server  # noqa: E402
 from stylize_helpers import max_diff, read_rgb, seeded_generator, textured, write_rgb  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -36,13 +38,13 @@ def empty_dir(tmp_path_factory):
 
 
 def start(models, work_dir):
-    return web.Server(web.create_app(models, work_dir, UPLOAD_LIMIT), "127.0.0.1", 0).start()
+    return web_server.Server(web_server.create_app(models, work_dir, UPLOAD_LIMIT), "127.0.0.1", 0).start()
 
 
 @pytest.fixture(scope="module")
 def models(weights_dir, empty_dir):
     """One Models for the module's server and client: the model loads and traces once."""
-    return web.Models(web.find_models([str(weights_dir)], directory=empty_dir))
+    return choices.Models(choices.find_models([str(weights_dir)], directory=empty_dir))
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +62,25 @@ def server(models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(models, tmp_path_factory):
-    return web.create_app(models, tmp_path_factory.mktemp("client"), UPLOAD_LIMIT).test_client()
+    return web_server.create_app(models, tmp_path_factory.mktemp("client"), UPLOAD_LIMIT).test_client()
 
 
 @pytest.fixture(scope="module")
 def bad_files(weights_dir, tmp_path_factory):
     """Bad uploads and what the command line says of each: {name: (bytes, the command's sentence)}.
 
-    The sentences come from `anime_gan.stylize.run` (what `python -m anime_gan.stylize` prints) on the
+    The sentences come from `anime_gan.inference.run` (what `python -m anime_gan.stylize` prints) on the
     same files in a folder, with their path cut to their name as the page names them. --max_side=64
     makes big.png too large."""
-    from anime_gan import stylize
+    from anime_gan import inference
 
     folder = tmp_path_factory.mktemp("bad")
     (folder / "notes.jpg").write_bytes(b"these are my notes, not a photo\n")
     write_rgb(folder / "dot.png", np.full((1, 1, 3), 200, np.uint8))
     write_rgb(folder / "big.png", textured((70, 90, 3), seed=5))
     (folder / "clip.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
-    summary = stylize.run(str(weights_dir), str(folder), str(tmp_path_factory.mktemp("bad_out")), max_side=64,
-                          show_progress=False)
+    summary = inference.run(str(weights_dir), str(folder), str(tmp_path_factory.mktemp("bad_out")), max_side=64,
+                            show_progress=False)
     assert len(summary.failed) == 4, summary.failed
     said = {pathlib.Path(path).name: reason.replace(str(path), pathlib.Path(path).name)
             for path, reason in summary.failed}
@@ -101,8 +103,8 @@ def post(client, name, data, **form):
 
 
 def test_lists_given_official_and_trained_models_once_each(generator, weights_dir, tmp_path):
-    from anime_gan.nets.generator_v2 import GeneratorV2
-    from anime_gan.weights.loading import save_generator
+    from anime_gan import save_generator
+    from anime_gan.nets import GeneratorV2
 
     folder = tmp_path / "checkpoints"
     official = folder / "paprika-v2"
@@ -117,18 +119,18 @@ def test_lists_given_official_and_trained_models_once_each(generator, weights_di
     (folder / "notes" / "todo.txt").write_text("not a model")
     (folder / "paprika-v2.download").mkdir()  # a download in progress is no model
 
-    choices = web.find_models([str(run)], directory=folder)
-    described = [(c.name, c.arch, c.style, c.origin) for c in choices]
+    found = choices.find_models([str(run)], directory=folder)
+    described = [(c.name, c.arch, c.style, c.origin) for c in found]
     assert described == [
         (str(run), "v1", "my_run", "--model"),  # given, so first; found again in the folder, not listed twice
         ("paprika-v2", "v2", "AnimeGANv2 Paprika, epoch 54", "official weights"),
     ]
-    assert len({c.key for c in choices}) == 2
+    assert len({c.key for c in found}) == 2
 
     with pytest.raises(ConfigError, match=r"^--model=.*nowhere: no model at .*nowhere"):
-        web.find_models([str(tmp_path / "nowhere")], directory=folder)
-    assert web.find_models([], directory=tmp_path / "empty") == []
-    assert "make train" in web.no_model_message(tmp_path / "empty")
+        choices.find_models([str(tmp_path / "nowhere")], directory=folder)
+    assert choices.find_models([], directory=tmp_path / "empty") == []
+    assert "make train" in choices.no_model_message(tmp_path / "empty")
 
 
 def test_the_command_serves_on_127_0_0_1_until_ctrl_c(weights_dir, empty_dir):
@@ -219,9 +221,9 @@ def test_a_corrupt_video_is_told_in_the_command_lines_sentence(client, bad_files
     assert (state["state"], state["error"]) == ("failed", sentence)
 
 
-@pytest.mark.slow  # stylize.run loads and traces the model again, twice here: 5 s idle, 90 s at load 6 on 2 cores
+@pytest.mark.slow  # inference.run loads and traces the model again, twice here
 def test_video_is_stylized_as_the_command_does_with_a_progress_estimate(client, weights_dir, tmp_path):
-    from anime_gan import stylize
+    from anime_gan import inference
 
     clip = tmp_path / "walk.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (40, 32))
@@ -240,7 +242,7 @@ def test_video_is_stylized_as_the_command_does_with_a_progress_estimate(client, 
     (tmp_path / "page.mp4").write_bytes(video.data)
 
     reference = tmp_path / "cli.mp4"
-    assert stylize.run(str(weights_dir), str(clip), str(reference), show_progress=False).ok
+    assert inference.run(str(weights_dir), str(clip), str(reference), show_progress=False).ok
     page_frames, cli_frames = read_frames(tmp_path / "page.mp4"), read_frames(reference)
     assert len(page_frames) == len(cli_frames) == 6
     assert page_frames[0].shape == (32, 40, 3)
@@ -329,7 +331,7 @@ def test_page_upload_download_error_and_upload_again(server, browser, stylizer, 
 
     (tmp_path / "large.png").write_bytes(b"\0" * (UPLOAD_LIMIT + 10))  # refused by the page before sending
     assert upload(page, tmp_path / "large.png") == "error"
-    assert page.inner_text("#error") == web.upload_too_large_message("large.png", UPLOAD_LIMIT + 10, UPLOAD_LIMIT)
+    assert page.inner_text("#error") == uploads.upload_too_large_message("large.png", UPLOAD_LIMIT + 10, UPLOAD_LIMIT)
 
     second = textured((41, 57, 3), seed=22)
     write_rgb(tmp_path / "second.png", second)
@@ -359,8 +361,8 @@ def test_screenshot_with_the_v2_reference_weights(browser, tmp_path, tmp_path_fa
     if not os.path.isfile(R.REFERENCE_V2):
         pytest.skip(R.SKIP_REASON)
     skimage = pytest.importorskip("skimage")
-    from anime_gan.nets.generator_v2 import GeneratorV2
-    from anime_gan.weights.loading import save_generator
+    from anime_gan import save_generator
+    from anime_gan.nets import GeneratorV2
 
     g = GeneratorV2()
     g.build()
@@ -373,7 +375,8 @@ def test_screenshot_with_the_v2_reference_weights(browser, tmp_path, tmp_path_fa
     photo = cv2.resize(photo, (480, 320), interpolation=cv2.INTER_AREA)
     write_rgb(tmp_path / "coffee.png", photo)
 
-    server = start(web.Models(web.find_models([str(model)], directory=empty_dir)), tmp_path_factory.mktemp("app_v2"))
+    server = start(choices.Models(choices.find_models([str(model)], directory=empty_dir)),
+                   tmp_path_factory.mktemp("app_v2"))
     try:
         page = browser.new_page(viewport={"width": 1100, "height": 760})
         page.goto(server.url)

@@ -104,7 +104,7 @@ def test_statistics_merged_over_bands_equal_numpy():
     maps = rng.normal(5.0, 3.0, (23, 7, 4))  # a large mean: the naive one-pass variance would lose digits
     acc = (tf.constant(0.0, tf.float64), tf.zeros([4], tf.float64), tf.zeros([4], tf.float64))
     for a, b in [(0, 5), (5, 6), (6, 17), (17, 23)]:
-        acc = banded._merge(acc, banded._moments(tf.constant(maps[a:b], tf.float32), per_channel=True))
+        acc = banded.merge_moments(acc, banded.band_moments(tf.constant(maps[a:b], tf.float32), per_channel=True))
     n, mean, m2 = (t.numpy() for t in acc)
     flat = maps.astype(np.float32).astype(np.float64).reshape(-1, 4)
     assert n == 23 * 7
@@ -152,7 +152,7 @@ SLOW_SCRIPT = textwrap.dedent("""
     generator = seeded_generator(seed=5)
     size, mode = int(sys.argv[1]), sys.argv[2]
     bounded = banded.MemoryBoundedGenerator(generator)
-    runners = {{"bounded": bounded, "whole": generator, "banded": bounded._banded[-1]}}
+    runners = {{"bounded": bounded, "whole": generator, "banded": bounded.tier_functions[-1]}}
 
     def serve(runner):
         return tf.function(lambda images: unit_range_to_images(generate(runner, images_to_unit_range(images))),
@@ -161,7 +161,7 @@ SLOW_SCRIPT = textwrap.dedent("""
     fns = {{name: serve(runners[name]) for name in mode.split(",")}}
     for fn in fns.values():
         fn(np.zeros((1, 40, 36, 3), np.uint8))
-    bounded._banded[-1](tf.zeros([1, 32, 32, 3]))
+    bounded.tier_functions[-1](tf.zeros([1, 32, 32, 3]))
     # A photo-like picture where both paths run; at 4096, noise (textured() would take a GB itself).
     shape = (1, size, size - 1, 3)
     image = textured(shape, seed=9) if size <= 2048 else np.random.default_rng(9).integers(0, 256, shape, np.uint8)
@@ -227,6 +227,6 @@ def test_no_banded_graph_when_every_accepted_image_runs_whole(generator):
     # A cap whose largest image fits the budget whole needs no banded plan (nor its seconds of tracing
     # in every SavedModel); the default cap does.
     small = banded.MemoryBoundedGenerator(generator, max_side=1024)
-    assert small.whole_pixels >= 1024**2 and small.tiers == [] and small._banded == []
+    assert small.whole_pixels >= 1024**2 and small.tiers == [] and small.tier_functions == []
     default = banded.MemoryBoundedGenerator(generator)
     assert default.whole_pixels < 4096**2 and default.tiers[-1][0] == 4096**2

@@ -1,4 +1,4 @@
-"""The profiler summary behind the README's "where the time goes": it must count the ops that ran."""
+"""The profiler summary behind docs/benchmarks.md's "where the time goes": it must count the ops that ran."""
 
 import time
 

@@ -9,13 +9,8 @@ import tensorflow as tf
 
 from anime_gan import Generator
 from anime_gan.errors import EXIT_USER_ERROR, ModelError, PathNotFoundError
-from anime_gan.weights.loading import (
-    WEIGHTS_FILENAME,
-    generator_to_tf1,
-    load_generator,
-    read_tf1_checkpoint,
-    tf1_to_generator,
-)
+from anime_gan.constants import WEIGHTS_FILENAME
+from anime_gan.weights import generator_to_tf1, load_generator, read_tf1_checkpoint, tf1_to_generator
 from stylize_helpers import logged
 
 
@@ -89,7 +84,7 @@ def test_an_incomplete_animeganv2_checkpoint_is_refused(tmp_path):
 
 def test_missing_paths_say_what_to_pass(tmp_path):
     with pytest.raises(PathNotFoundError, match="no model at .*nothing.weights.h5 .*; pass a SavedModel folder, "
-                                                ".* a .weights.h5 file, an official TF1 checkpoint prefix or a .pt file"):
+                                                ".* a .weights.h5 file, an official TF1 checkpoint prefix, a .pt file"):
         load_generator(tmp_path / "nothing.weights.h5")
     with pytest.raises(PathNotFoundError, match="no model in .*: looked for saved_model.pb, generator.weights.h5, "
                                                 "a training run's generator/generator.weights.h5 and a checkpoint"):

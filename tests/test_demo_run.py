@@ -67,7 +67,7 @@ def test_make_train_demo_run(demo_run):
         assert out.count("warning: the perceptual VGG19 has RANDOM weights") == 2
 
     assert glob.glob(str(ckpt / "ckpt-*.index"))
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     load_generator(ckpt / "generator")
     plot = ckpt / "logs" / "loss_curves.png"
@@ -89,7 +89,7 @@ def test_demo_colours_move_toward_the_style_set(demo_run):
         # phase reproduces the photos roughly, but the short GAN phase drives the colours away from
         # the style set, not toward it (histogram L1 to the style set 1.15-1.49 against the photos'
         # 0.78, no trend over 7 GAN epochs): what this checks needs a perceptual network that knows
-        # images. Like the tests that need ../shared, this one needs a resource.
+        # images. Like the tests that need the official weights, this one needs a resource.
         pytest.skip("needs VGG19 ImageNet weights (Keras cache or --vgg_weights); offline the perceptual "
                     "network is random and the demo cannot learn colours")
     # Colours moved toward the style set during the GAN phase: the last sample's colour histogram

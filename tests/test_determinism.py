@@ -4,10 +4,10 @@ resume.
 
 The cause was Grappler's memory optimizer. It rewrites large AddN sums (a D weight's gradient over
 its several reads, G(p)'s gradient, d_adv) into AssignAdds that add their inputs in the order
-inter-op threads finish them, an order that depends on the load (see `training.configure`). The
-rewrite fires only on graphs estimated above ~205 MB: at img_size 32 it does not, at 64 it does.
-So these tests train at 64x64. With the fix reverted, the step check below finds differing GAN
-steps for every gan_type, in most repetitions.
+inter-op threads finish them, an order that depends on the load (see
+`anime_gan.training.setup.configure`). The rewrite fires only on graphs estimated above ~205 MB: at
+img_size 32 it does not, at 64 it does. So these tests train at 64x64. With the fix reverted, the step
+check below finds differing GAN steps for every gan_type, in most repetitions.
 """
 
 import json
@@ -41,14 +41,15 @@ def test_deterministic_configure_turns_off_the_memory_optimizer():
         import tensorflow as tf
         from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
         from tensorflow.python.eager import context
-        from anime_gan.training import loop as training
+        from anime_gan.training.config import TrainConfig
+        from anime_gan.training.setup import configure
 
         def mem_opt():
             proto = context.context().function_call_options.config_proto_serialized
             return config_pb2.ConfigProto.FromString(proto).graph_options.rewrite_options.memory_optimization
 
         before = mem_opt()
-        training.configure(training.TrainConfig(deterministic=True))
+        configure(TrainConfig(deterministic=True))
         seen = [mem_opt()]
         thread = threading.Thread(target=lambda: seen.append(mem_opt()))
         thread.start()
@@ -67,18 +68,19 @@ STEP_WORKER = """
     import hashlib, json, sys, time
     import numpy as np
     import tensorflow as tf
-    from anime_gan.training import loop as T
+    from anime_gan.training.config import TrainConfig
+    from anime_gan.training.setup import build_model, configure, step_functions
 
     side, reps, gan_types = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     strategy = tf.distribute.get_strategy()
     report = {}
     t0 = time.time()
     for gan_type in gan_types:
-        cfg = T.TrainConfig(img_size=side, batch_size=2, seed=3, deterministic=True, vgg_weights="random",
-                            gan_type=gan_type)
-        T.configure(cfg)
-        model = T.build_model(cfg, strategy)
-        _, gan_d, gan_g = T.step_functions(model, strategy, False)  # init: see the whole-run test
+        cfg = TrainConfig(img_size=side, batch_size=2, seed=3, deterministic=True, vgg_weights="random",
+                          gan_type=gan_type)
+        configure(cfg)
+        model = build_model(cfg, strategy)
+        _, gan_d, gan_g = step_functions(model, strategy, False)  # init: see the whole-run test
         rng = np.random.default_rng(0)
         batch = [tf.constant(rng.uniform(-1, 1, (2, side, side, 3)).astype(np.float32)) for _ in range(4)]
         gan_d(*batch)  # Adam moments, u and the step's random generator away from their initial values
@@ -135,7 +137,7 @@ def test_concurrent_runs_and_a_killed_run_are_bit_identical_under_load(tmp_path)
     together beside a CPU hog: A and B run through, C is killed with SIGKILL in the GAN phase and
     re-run with the same command. All three log the same losses, to the bit, at every step of both
     phases, and end with the same generator weights, to the bit."""
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     data = make_tiny_dataset(tmp_path / "data", n_photo=8, n_style=8, side=SIDE)
     common = dict(deterministic=True, img_size=SIDE, ch=64, epoch=3, init_epoch=1, steps_per_epoch=4,

@@ -56,7 +56,7 @@ def u_values(d):
 def test_parameter_count_default_matches_hand_formula():
     d = Discriminator()
     d.build()
-    # (in, out) of each 3x3 conv, read off ORIGINAL.md for ch=64, n_dis=3, RGB input.
+    # (in, out) of each 3x3 conv, read off the original's discriminator (docs/original.md) for ch=64, n_dis=3, RGB input.
     convs = [(3, 32), (32, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 1)]
     norms = [128, 256, 256]
     trainable = sum(9 * i * o for i, o in convs) + sum(2 * c for c in norms)

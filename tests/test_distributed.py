@@ -59,9 +59,10 @@ def test_two_local_workers_train_to_equal_weights(tmp_path):
         "import sys, numpy as np\n"
         "from absl import flags\n"
         "import anime_gan.train as cli\n"
-        "from anime_gan import training\n"
+        "from anime_gan.training.loop import train\n"
+        "cli.define_flags()\n"
         "flags.FLAGS(['x'] + sys.argv[2:])\n"
-        "res = training.train(cli.config_from_flags())\n"
+        "res = train(cli.config_from_flags())\n"
         "m = res.model\n"
         "np.savez(sys.argv[1], *[v.numpy() for v in m.generator.weights + m.discriminator.weights])\n"
     )

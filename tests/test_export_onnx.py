@@ -80,7 +80,7 @@ def test_onnx_runtime_matches_our_generator(onnx_file, reference, size):
 @pytest.mark.parametrize("size", SIZES)
 def test_openvino_f32_matches_our_generator(onnx_file, reference, size):
     pytest.importorskip("openvino")
-    from anime_gan.runtimes import OpenVinoRunner
+    from anime_gan.inference.runners import OpenVinoRunner
 
     runner = OpenVinoRunner(onnx_file)
     x = reference[size][0]
@@ -103,7 +103,7 @@ def test_metadata_names_the_architecture_and_cap(onnx_file):
 
 
 def test_existing_output_is_refused_before_loading(onnx_file, tmp_path):
-    from anime_gan.export import export
+    from anime_gan.deploy.export import export
 
     before = onnx_file.read_bytes()
     with pytest.raises(OutputExistsError, match="already exists; pass --overwrite"):
@@ -112,12 +112,12 @@ def test_existing_output_is_refused_before_loading(onnx_file, tmp_path):
 
 
 def test_a_bad_onnx_file_is_one_sentence(tmp_path):
-    from anime_gan.runtimes import load_stylizer
+    from anime_gan.inference import load_model
 
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not a protobuf \x00\xff" * 10)
     with pytest.raises(ModelError) as e:
-        load_stylizer(bad, runtime="onnxruntime")
+        load_model(bad, runtime="onnxruntime")
     message = str(e.value)
     assert "is not a readable ONNX model" in message and "\n" not in message
     assert message.endswith("--format=onnx.")
@@ -125,9 +125,9 @@ def test_a_bad_onnx_file_is_one_sentence(tmp_path):
 
 def test_the_runtime_stylizer_checks_sizes_and_empty_batches(onnx_file):
     from anime_gan.image_io import ImageError
-    from anime_gan.runtimes import load_stylizer
+    from anime_gan.inference import load_model
 
-    stylizer = load_stylizer(onnx_file, runtime="onnxruntime")
+    stylizer = load_model(onnx_file, runtime="onnxruntime")
     assert stylizer.max_side == 600 and stylizer.runtime == "onnxruntime"
     assert stylizer(np.zeros((0, 16, 24, 3), np.uint8)).shape == (0, 16, 24, 3)
     with pytest.raises(ImageError, match="at most 600 pixels"):

@@ -1,6 +1,6 @@
 """TFLite / LiteRT export (anime_gan.deploy.tflite): the file runs in LiteRT with XNNPACK and gives
 what our generator gives, at a fixed size, v1 and v2; float16 and int8 within a measured dB on the
-real AnimeGANv2 Hayao weights (../shared); bad files and sizes are one sentence."""
+real AnimeGANv2 Hayao weights (where `v2_reference` finds them); bad files and sizes are one sentence."""
 
 import os
 
@@ -40,9 +40,9 @@ def _interpreter(model_bytes):
 
 
 def test_float32_network_within_1e4_of_our_generator(generator):
-    """The network alone (float in/out) against `serving.generate` in this process, on a photo."""
-    concrete = E._concrete_function(generator, HEIGHT, WIDTH, "slices", float_io=True)
-    it = _interpreter(E._tflite_bytes(concrete, "float32", None, HEIGHT, WIDTH))
+    """The network alone (float in/out) against `anime_gan.deploy.saved_model.generate` in this process, on a photo."""
+    concrete = E.frozen_function(generator, HEIGHT, WIDTH, "slices", float_io=True)
+    it = _interpreter(E.convert_to_tflite(concrete, "float32", None, HEIGHT, WIDTH))
     ops = {op["op_name"] for op in it._get_ops_details()}
     # Reflect padding is written as slices + concatenations, and XNNPACK takes the whole graph.
     assert "MIRROR_PAD" not in ops and "READ_VARIABLE" not in ops
@@ -102,7 +102,7 @@ def test_reflect_pad_by_slices_equals_tf_pad():
     for pads in [(1, 1, 1, 1), (3, 3, 3, 3), (0, 1, 0, 1), (0, 3, 0, 2), (2, 0, 0, 0)]:
         t, b, l, r = pads
         expected = tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]], mode="REFLECT")
-        np.testing.assert_array_equal(E._reflect_pad_by_slices(x, *pads).numpy(), expected.numpy())
+        np.testing.assert_array_equal(E.reflect_pad_by_slices(x, *pads).numpy(), expected.numpy())
 
 
 def test_runner_refuses_other_sizes_bad_files_and_bad_options(tmp_path):
@@ -198,7 +198,7 @@ def test_the_slices_pad_applies_only_in_the_tracing_thread():
 
     def spy(*args):
         calls.append(args[1:])
-        return E._reflect_pad_by_slices(*args)
+        return E.reflect_pad_by_slices(*args)
 
     other = threading.Thread(target=lambda: seen.update(other=layers.reflect_pad(x, 1, 2, 3, 1)))
     with layers.reflect_pad_as(spy):

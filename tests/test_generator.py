@@ -13,7 +13,7 @@ from anime_gan import constants as C
 from anime_gan.nets import layers
 from anime_gan.nets.layers import InstanceNorm
 from official_graph import OfficialGenerator, random_official_weights
-from anime_gan.weights.loading import convert_checkpoint, load_generator, tf1_to_generator
+from anime_gan.weights import convert_checkpoint, load_generator, tf1_to_generator
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "anime_gan/golden/official_generator.npz"
 
@@ -210,7 +210,7 @@ def test_bfloat16_single_image_stays_within_34_db_of_float32():
 
     The bound depends on which bfloat16 kernels the CPU gets. Measured on the same input: 36.06 dB
     with oneDNN's bfloat16 kernels (AVX512-BF16 Intel Xeon; 36.8 dB on the AMD machine of the
-    README's bench), 34.64 dB with TensorFlow's own Eigen kernels (`TF_ENABLE_ONEDNN_OPTS=0`, what a
+    bench, docs/benchmarks.md), 34.64 dB with TensorFlow's own Eigen kernels (`TF_ENABLE_ONEDNN_OPTS=0`, what a
     CPU without oneDNN bfloat16 support runs). 34 dB keeps a 0.6 dB margin below the worst.
     """
     g32, _ = _golden_generator()

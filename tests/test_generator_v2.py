@@ -14,7 +14,7 @@ from anime_gan.nets.generator_v2 import GeneratorV2
 
 needs_reference = pytest.mark.skipif(not os.path.isfile(R.REFERENCE_V2), reason=R.SKIP_REASON)
 
-# The official variable names (ORIGINAL_V2.md), written out here rather than derived from our code.
+# The official variable names (docs/original.md), written out here rather than derived from our code.
 def _official_names():
     s = C.TF1_SCOPE
     names = [s + "out_layer/Conv/weights"]
@@ -239,7 +239,7 @@ def test_layer_norm_with_the_graphs_own_statistics(traced):
     assert max(errors) <= 0.5, errors
 
 
-# ---- an official-layout v2 TF1 checkpoint, and a TF1-style reference graph written from ORIGINAL_V2.md
+# ---- an official-layout v2 TF1 checkpoint, and a TF1-style reference graph written from docs/original.md
 def _tf1_reference_graph(seed):
     """The v2 generator as TF1 code builds it, from the facts (not from our layers): seeded variables
     of the official names and shapes, REFLECT pads, VALID convs, contrib layer norm, legacy resize."""
@@ -326,7 +326,7 @@ def _tf1_reference_graph(seed):
 
 
 def test_official_layout_v2_checkpoint_converts_and_matches_a_tf1_reference_graph(tmp_path):
-    from anime_gan.weights.loading import convert_checkpoint, load_generator, read_tf1_checkpoint
+    from anime_gan.weights import convert_checkpoint, load_generator, read_tf1_checkpoint
 
     session, saver, x, y = _tf1_reference_graph(seed=5)
     images = [np.random.default_rng(h).uniform(-1, 1, (1, h, w, 3)).astype(np.float32) for h, w in [(256, 256), (75, 131)]]

@@ -48,7 +48,7 @@ def assert_same_generator(loaded, trained, photo):
 
 def load(path):
     """The generator and the notes `load_generator` logged ("note: <text>." -> <text>)."""
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     with logged("anime_gan.weights.loading") as messages:
         generator = load_generator(path)
@@ -96,7 +96,7 @@ def test_checkpoint_prefix_gives_that_checkpoint(run, photo):
 
 def test_training_checkpoint_under_a_policy(run):
     run_dir, trained = run
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     generator = load_generator(run_dir / "ckpt-2", policy="mixed_bfloat16")
     assert generator.m.compute_dtype == "bfloat16"
@@ -129,7 +129,7 @@ def test_export_and_stylize_commands_accept_the_run_folder(run, photo, tmp_path)
 
 
 def test_stylize_reads_an_unfinished_run(run, tmp_path):
-    from anime_gan.stylize import load_model
+    from anime_gan.inference import load_model
 
     run_dir, trained = run
     unfinished = tmp_path / "run"
@@ -141,9 +141,9 @@ def test_stylize_reads_an_unfinished_run(run, tmp_path):
 
 def test_anything_else_is_refused_in_one_sentence(run, tmp_path):
     from anime_gan.errors import ModelError, PathNotFoundError
-    from anime_gan.export import export
-    from anime_gan.stylize import load_model
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.deploy.export import export
+    from anime_gan.inference import load_model
+    from anime_gan.weights import load_generator
 
     run_dir, _ = run
     empty = tmp_path / "empty"
@@ -159,7 +159,8 @@ def test_anything_else_is_refused_in_one_sentence(run, tmp_path):
 
     accepted = ("pass a SavedModel folder, a folder holding generator.weights.h5, a training run folder (its "
                 "generator/generator.weights.h5, else its newest ckpt-N), a training checkpoint prefix such as "
-                "run/ckpt-12, a .weights.h5 file, an official TF1 checkpoint prefix or a .pt file of the PyTorch port.")
+                "run/ckpt-12, a .weights.h5 file, an official TF1 checkpoint prefix, a .pt file of the PyTorch port or a "
+                "catalogue name such as hayao-v2.")
     with pytest.raises(PathNotFoundError) as info:
         load_generator(run_dir / "ckpt-9")
     assert str(info.value) == f"no model at {run_dir / 'ckpt-9'} (nothing by that name, nor {run_dir / 'ckpt-9'}.index); {accepted}"

@@ -179,7 +179,7 @@ def test_low_precision_inputs_give_float32(rng, dtype):
 
 def test_weighted_totals_use_official_weights():
     adv, con, sty, col = 0.37, 1.9, 0.021, 0.44
-    # ORIGINAL.md: G = 300 adv + 1.5 content + 3.0 style + 10 color; D = 300 D (+ gp); init = 1.5 content.
+    # The original's weights: G = 300 adv + 1.5 content + 3.0 style + 10 color; D = 300 D (+ gp); init = 1.5 content.
     assert_rel(losses.generator_loss(adv, con, sty, col), 300 * adv + 1.5 * con + 3.0 * sty + 10 * col)
     assert_rel(losses.generator_loss(adv, con, sty, col, g_adv_weight=1, con_weight=2, sty_weight=3,
                                      color_weight=4), adv + 2 * con + 3 * sty + 4 * col)

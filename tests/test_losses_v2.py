@@ -1,4 +1,4 @@
-"""AnimeGANv2's additions to the losses and the discriminator, against NumPy (ORIGINAL_V2.md)."""
+"""AnimeGANv2's additions to the losses and the discriminator, against NumPy (docs/original.md, AnimeGANv2)."""
 
 import numpy as np
 import tensorflow as tf

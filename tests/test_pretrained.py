@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan import pretrained
+from anime_gan.deploy.saved_model import export_saved_model
 from anime_gan.errors import ConfigError, ModelError, OutputExistsError, PathNotFoundError
+from anime_gan.weights import catalogue, install
 from data_prep.report import DataError
 
 V2_PATH = "TachibanaYoshino/AnimeGANv2/raw/master/checkpoint/generator_Hayao_weight/Hayao-64.ckpt"
@@ -102,8 +103,8 @@ def serve():
 def at(tmp_path, monkeypatch):
     """Runs in tmp_path, so ./checkpoints is the default folder, with no mirror or folder set."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(pretrained.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(pretrained.DIR_ENV, raising=False)
+    monkeypatch.delenv(catalogue.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(catalogue.DIR_ENV, raising=False)
     return tmp_path
 
 
@@ -149,34 +150,34 @@ def test_catalogue_urls_names_and_mirror(at, monkeypatch):
         "paprika-v2": ("v2", gh.format("Paprika", 54)), "shinkai-v2": ("v2", gh.format("Shinkai", 53)),
     }
     for name, (arch, prefix) in expected.items():
-        e = pretrained.CATALOGUE[name]
+        e = catalogue.CATALOGUE[name]
         assert e.arch == arch and not e.archive
         assert e.urls() == [prefix + ".index", prefix + ".data-00000-of-00001"]
-    v1 = pretrained.CATALOGUE["hayao-v1"]
+    v1 = catalogue.CATALOGUE["hayao-v1"]
     assert v1.arch == "v1" and v1.archive and v1.urls() == [
         "https://github.com/TachibanaYoshino/AnimeGAN/releases/download/Haoyao-style_V1.0/Haoyao-style.zip"]
-    assert sorted(pretrained.CATALOGUE) == sorted([*expected, "hayao-v1"])
-    assert all(f.sha256 is None for e in pretrained.CATALOGUE.values() for f in e.files)  # recorded, not pinned
+    assert sorted(catalogue.CATALOGUE) == sorted([*expected, "hayao-v1"])
+    assert all(f.sha256 is None for e in catalogue.CATALOGUE.values() for f in e.files)  # recorded, not pinned
     # A mirror replaces https://github.com, from the argument or the environment.
-    monkeypatch.setenv(pretrained.MIRROR_ENV, "http://m.example/gh/")
-    assert pretrained.CATALOGUE["paprika-v2"].urls()[0] == (
+    monkeypatch.setenv(catalogue.MIRROR_ENV, "http://m.example/gh/")
+    assert catalogue.CATALOGUE["paprika-v2"].urls()[0] == (
         "http://m.example/gh/TachibanaYoshino/AnimeGANv2/raw/master/checkpoint/generator_Paprika_weight/"
         "Paprika-54.ckpt.index")
     assert v1.urls("http://x")[0] == "http://x/" + V1_PATH
     with pytest.raises(ConfigError, match="is not a URL"):
-        pretrained.mirror_base("not a url")
+        catalogue.mirror_base("not a url")
     with pytest.raises(ConfigError) as info:
-        pretrained.download("hayao-v3")
+        install.download("hayao-v3")
     assert str(info.value) == ("no official weights named 'hayao-v3'; the names are hayao-v2, hayao-v2-99, "
                                "paprika-v2, shinkai-v2, hayao-v1 (python -m anime_gan.pretrained list describes them).")
     assert not (at / "checkpoints").exists()
-    lines = pretrained.listing()
+    lines = catalogue.listing()
     assert len(lines) == 5 and all(line.endswith("[not downloaded]") for line in lines)
 
 
 def test_v2_download_resumes_converts_exports_and_runs_once(at, serve, v2_official, monkeypatch):
     from anime_gan.nets import build_generator
-    from anime_gan.weights.loading import ModelSource, load_generator, resolve_model, restore_saved_model
+    from anime_gan.weights import ModelSource, load_generator, resolve_model, restore_saved_model
 
     prefix, files, image, expected = v2_official
     folder, staging = at / "checkpoints" / "hayao-v2", at / "checkpoints" / "hayao-v2.download"
@@ -187,11 +188,11 @@ def test_v2_download_resumes_converts_exports_and_runs_once(at, serve, v2_offici
         "hayao-v2` (looked for checkpoints/hayao-v2; set $ANIME_GAN_WEIGHTS_DIR if they were downloaded with --dir).")
 
     server = serve({INDEX: files[".index"], DATA: files[".data-00000-of-00001"]}, break_once=[DATA])
-    monkeypatch.setenv(pretrained.MIRROR_ENV, server.url)
+    monkeypatch.setenv(catalogue.MIRROR_ENV, server.url)
     # The connection breaks halfway through the data file and no retry is allowed: one sentence that
     # says how to resume; nothing in checkpoints/hayao-v2, half the file kept.
     with pytest.raises(DataError) as info:
-        pretrained.download("hayao-v2", retries=0, backoff=0, progress=False)
+        install.download("hayao-v2", retries=0, backoff=0, progress=False, saved_model=export_saved_model)
     part = staging / "Hayao-64.ckpt.data-00000-of-00001.part"
     assert str(info.value) == (
         f"Download of {server.url}/{DATA} failed after 1 attempts (connection closed after "
@@ -202,7 +203,7 @@ def test_v2_download_resumes_converts_exports_and_runs_once(at, serve, v2_offici
         resolve_model("hayao-v2")
 
     # Run again: the finished .index is checked, not fetched again; the data file resumes from its .part.
-    result = pretrained.download("hayao-v2", retries=0, backoff=0, progress=False)
+    result = install.download("hayao-v2", retries=0, backoff=0, progress=False, saved_model=export_saved_model)
     n = len(files[".data-00000-of-00001"])
     assert server.requests == [(INDEX, None), (DATA, None), (DATA, f"bytes={n // 2}-")]
     assert result.downloaded and result.folder == folder.relative_to(at)
@@ -228,16 +229,16 @@ def test_v2_download_resumes_converts_exports_and_runs_once(at, serve, v2_offici
 
     # A second run finds everything in place and does nothing.
     mtime = (folder / "generator.weights.h5").stat().st_mtime_ns
-    again = pretrained.download("hayao-v2", retries=0, backoff=0, progress=False)
+    again = install.download("hayao-v2", retries=0, backoff=0, progress=False, saved_model=export_saved_model)
     assert not again.downloaded and len(server.requests) == 3
     assert again.sentence() == (f"hayao-v2 is already in checkpoints/hayao-v2 (downloaded {manifest['downloaded']}); "
                                 "nothing to do, pass --force to download it again.")
     assert (folder / "generator.weights.h5").stat().st_mtime_ns == mtime
-    assert pretrained.listing()[0].endswith("[downloaded in checkpoints/hayao-v2]")
+    assert catalogue.listing()[0].endswith("[downloaded in checkpoints/hayao-v2]")
     # A changed file is noticed (the next run downloads again).
     with open(folder / "generator.weights.h5", "ab") as f:
         f.write(b"\0")
-    assert pretrained.install_problem(folder, "hayao-v2") == "generator.weights.h5 was changed since it was written"
+    assert catalogue.install_problem(folder, "hayao-v2") == "generator.weights.h5 was changed since it was written"
 
 
 def test_a_file_completed_by_an_earlier_run_is_checked_again(at, serve):
@@ -246,7 +247,7 @@ def test_a_file_completed_by_an_earlier_run_is_checked_again(at, serve):
     dest, record = at / "staging" / "f.bin", at / "staging" / "DOWNLOADED.json"
 
     def fetch():
-        return pretrained._fetch(f"{server.url}/w/f.bin", dest, None, record, 0, 0, 10, False)
+        return install.fetch(f"{server.url}/w/f.bin", dest, None, record, 0, 0, 10, False)
 
     done = fetch()
     assert done == {"url": f"{server.url}/w/f.bin", "bytes": len(payload),
@@ -274,9 +275,9 @@ def test_a_wrong_download_is_refused_and_nothing_is_installed(at, serve, v2_offi
     _, files, _, _ = v2_official
     announce = {}
     if case == "pinned SHA-256 differs":  # the catalogue pins nothing yet; a pinned value is checked
-        e = pretrained.CATALOGUE["hayao-v2"]
+        e = catalogue.CATALOGUE["hayao-v2"]
         pinned = (dataclasses.replace(e.files[0], sha256="ab" * 32), e.files[1])
-        monkeypatch.setitem(pretrained.CATALOGUE, "hayao-v2", dataclasses.replace(e, files=pinned))
+        monkeypatch.setitem(catalogue.CATALOGUE, "hayao-v2", dataclasses.replace(e, files=pinned))
     if case == "sends more than announced":  # the client stops at Content-Length: a truncated data file
         announce = {DATA: -1000}
     elif case == "sends less than announced":
@@ -293,7 +294,8 @@ def test_a_wrong_download_is_refused_and_nothing_is_installed(at, serve, v2_offi
     server = serve(served, announce=announce)
     folder, staging = at / "checkpoints" / "hayao-v2", at / "checkpoints" / "hayao-v2.download"
     with pytest.raises((DataError, ModelError)) as info:
-        pretrained.download("hayao-v2", mirror=server.url, retries=1, backoff=0, progress=False)
+        install.download("hayao-v2", mirror=server.url, retries=1, backoff=0, progress=False,
+                         saved_model=export_saved_model)
     message = str(info.value)
     one_sentence(message)
     assert not folder.exists()
@@ -328,7 +330,7 @@ def test_a_wrong_download_is_refused_and_nothing_is_installed(at, serve, v2_offi
 
 def test_v1_release_zip_converts_and_a_foreign_folder_needs_force(at, serve, official_meta):
     from official_graph import OfficialGenerator
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     og = OfficialGenerator(official_meta)
     values = og.randomize(seed=4)
@@ -354,21 +356,21 @@ def test_v1_release_zip_converts_and_a_foreign_folder_needs_force(at, serve, off
     folder.mkdir(parents=True)
     (folder / "mine.txt").write_text("keep me")
     with pytest.raises(OutputExistsError) as info:
-        pretrained.download("hayao-v1", mirror=server.url, progress=False)
+        install.download("hayao-v1", mirror=server.url, progress=False, saved_model=export_saved_model)
     assert str(info.value) == ("checkpoints/hayao-v1 already exists and was not written by anime_gan.pretrained (no "
                                "readable SOURCE.json); move it away or pass --force to replace it.")
     assert server.requests == [] and (folder / "mine.txt").read_text() == "keep me"
 
     # (The SavedModel export, the slow part, is left out here: the v2 test covers it.)
-    result = pretrained.download("hayao-v1", mirror=server.url, force=True, progress=False, backoff=0,
-                                 saved_model=False)
+    result = install.download("hayao-v1", mirror=server.url, force=True, progress=False, backoff=0,
+                              saved_model=None)
     assert result.downloaded and sorted(os.listdir(folder)) == ["SOURCE.json", "generator.weights.h5"]
     assert sorted(os.listdir(at / "checkpoints")) == ["hayao-v1"]
     manifest = json.loads((folder / "SOURCE.json").read_text())
     assert manifest["checkpoint"] == "Haoyao-style.zip:" + top + "AnimeGAN.model-60"
     assert manifest["architecture"] == "v1" and manifest["generator_variables"] == 129
-    assert not manifest["saved_model"] and pretrained.install_problem(folder, "hayao-v1", saved_model=False) is None
-    assert pretrained.install_problem(folder, "hayao-v1") == "saved_model/ is missing"
+    assert not manifest["saved_model"] and catalogue.install_problem(folder, "hayao-v1", saved_model=False) is None
+    assert catalogue.install_problem(folder, "hayao-v1") == "saved_model/ is missing"
     assert manifest["files"][0]["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
     g = load_generator("hayao-v1")
     assert g.arch == "v1"

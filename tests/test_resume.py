@@ -24,7 +24,7 @@ V2 = dict(arch="v2", tv_weight=1.0, d_real_weight=1.7, d_gray_weight=1.7, d_fake
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["v1", "v2"])
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(tmp_path, arch):
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     data = make_tiny_dataset(tmp_path / "data")
     common = dict(deterministic=True, epoch=3, init_epoch=1, checkpoint_every_steps=2, training_rate=1,

@@ -1,4 +1,4 @@
-"""`anime_gan.runtimes`: a TensorFlow model converted once to ONNX and cached, AnimeGANv2 in ONNX Runtime and
+"""`anime_gan.inference.runtimes` and `runners`: a TensorFlow model converted once to ONNX and cached, AnimeGANv2 in ONNX Runtime and
 OpenVINO within 1e-4 of ours, `auto` following this machine's measured table (and measuring it when
 there is none), and one-sentence errors."""
 
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 
-from anime_gan import runtimes  # noqa: E402
+from anime_gan.inference import runners, runtimes  # noqa: E402
 from anime_gan.errors import ConfigError  # noqa: E402
 from anime_gan.image_io import images_to_unit_range, unit_range_to_images  # noqa: E402
 from anime_gan.deploy.saved_model import generate  # noqa: E402
@@ -51,12 +51,12 @@ def cache(tmp_path_factory):
 def converted(weights_dir, cache):
     """The first load of a TensorFlow model in onnxruntime: (stylizer, log text)."""
     handler = _Capture()
-    runtimes.log.addHandler(handler)
-    runtimes.log.setLevel(logging.INFO)
+    runners.log.addHandler(handler)
+    runners.log.setLevel(logging.INFO)
     try:
-        stylizer = runtimes.load_stylizer(weights_dir, runtime="onnxruntime")
+        stylizer = runtimes.load_model(weights_dir, runtime="onnxruntime")
     finally:
-        runtimes.log.removeHandler(handler)
+        runners.log.removeHandler(handler)
     return stylizer, "\n".join(handler.lines)
 
 
@@ -84,7 +84,7 @@ def test_first_load_converts_and_the_second_reuses_the_cache(converted, weights_
         raise AssertionError("converted again")
 
     monkeypatch.setattr("anime_gan.deploy.onnx.to_onnx", no_conversion)
-    again = runtimes.load_stylizer(weights_dir, runtime="onnxruntime")
+    again = runtimes.load_model(weights_dir, runtime="onnxruntime")
     assert onnx_file(cache) == path
     x = np.random.default_rng(1).integers(0, 256, (1, 32, 40, 3), dtype=np.uint8)
     np.testing.assert_array_equal(again(x), stylizer(x))
@@ -106,7 +106,7 @@ def reference(generator):
 def test_v2_in_each_runtime_matches_our_generator(converted, reference, cache, runtime, size):
     if runtime == "openvino":
         pytest.importorskip("openvino")
-    runner = runtimes._runner(runtime, onnx_file(cache))
+    runner = runners.make_runner(runtime, onnx_file(cache))
     x, y_float, y_uint8 = reference[size]
     assert np.abs(runner.unit_range(x) - y_float).max() < 1e-4
     y = runner(x)
@@ -134,10 +134,10 @@ def test_auto_follows_the_table(converted, cache, tmp_path):
                     "test", path=table)
     assert runtimes.choose("v2", generator=object(), path=table) == "tensorflow"
     assert runtimes.choose("v2", onnx_path=onnx, path=table) == "onnxruntime"
-    # The default table (in the cache folder) drives load_stylizer.
+    # The default table (in the cache folder) drives load_model.
     runtimes.record("v2", _entry({"tensorflow": (400, None), "onnxruntime": (300, 90), "openvino": (250, 95)}),
                     "test")
-    assert runtimes.load_stylizer(onnx, runtime="auto").runtime == "openvino"
+    assert runtimes.load_model(onnx, runtime="auto").runtime == "openvino"
     assert "<- auto" in runtimes.format_table(runtimes.read_table())
 
 
@@ -160,12 +160,12 @@ def test_without_a_table_auto_measures_once_and_picks_the_fastest(converted, cac
 def test_errors_are_one_sentence(converted, cache, monkeypatch):
     onnx = onnx_file(cache)
     with pytest.raises(ConfigError, match=r"^--runtime=fast is not one of auto, tensorflow"):
-        runtimes.load_stylizer(onnx, runtime="fast")
+        runtimes.load_model(onnx, runtime="fast")
     with pytest.raises(ConfigError, match="is an ONNX model: run it with --runtime=onnxruntime, openvino or auto"):
-        runtimes.load_stylizer(onnx, runtime="tensorflow")
-    monkeypatch.setattr(runtimes, "installed", lambda runtime: runtime == "tensorflow")
+        runtimes.load_model(onnx, runtime="litert")  # runtime="tensorflow" runs an .onnx model in auto
+    monkeypatch.setattr(runners, "installed", lambda runtime: runtime == "tensorflow")
     with pytest.raises(ConfigError) as e:
-        runtimes.load_stylizer(onnx, runtime="onnxruntime")
+        runtimes.load_model(onnx, runtime="onnxruntime")
     assert str(e.value) == ("onnxruntime is not installed; pip install 'anime-gan-tf2[onnx]' or use "
                             "--runtime=tensorflow.")
 

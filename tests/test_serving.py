@@ -147,7 +147,7 @@ def test_stylize_bytes_accepts_gray_rgba_and_16_bit(loaded, generator):
     ],
 )
 def test_bad_requests_are_invalid_argument_and_the_model_keeps_serving(loaded, request_kind, payload, message):
-    from anime_gan.stylize import model_error_message
+    from anime_gan.inference import model_error_message
 
     if isinstance(payload, str) and payload == "one_by_one_png":
         payload = [encode(np.zeros((1, 1, 3), np.uint8), ".png")]
@@ -166,11 +166,11 @@ def test_bad_requests_are_invalid_argument_and_the_model_keeps_serving(loaded, r
 
 
 def test_an_empty_batch_gives_an_empty_batch_of_the_same_size(loaded, generator):
-    from anime_gan import stylize
+    from anime_gan import inference
 
     out = serve(loaded, np.zeros((0, 12, 17, 3), np.uint8))
     assert out.shape == (0, 12, 17, 3) and out.dtype == np.uint8
-    assert stylize.stylize(np.zeros((0, 12, 17, 3), np.uint8), model=generator).shape == (0, 12, 17, 3)
+    assert inference.stylize(np.zeros((0, 12, 17, 3), np.uint8), model=generator).shape == (0, 12, 17, 3)
     good = textured((1, 12, 16, 3), seed=13)
     assert max_diff(serve(loaded, good), reference_stylize(generator, good)) <= 1
 
@@ -275,7 +275,7 @@ def test_float16_policy_generator_is_served_in_float32(generator):
 
 
 def test_export_refuses_to_overwrite_without_the_flag(saved_model_dir, weights_dir, tmp_path):
-    from anime_gan.export import export
+    from anime_gan.deploy.export import export
 
     with pytest.raises(FileExistsError, match="--overwrite"):
         export(weights_dir, saved_model_dir)

@@ -60,7 +60,7 @@ def _plan(rng):
 
 def _corrupt_newest_good(run, how):
     """Damages the newest checkpoint that verifies; returns its number."""
-    from anime_gan.training.loop import checkpoint_problem
+    from anime_gan.training.checkpoints import checkpoint_problem
 
     numbers = sorted((int(m.group(1)) for n in os.listdir(run) if (m := re.fullmatch(r"ckpt-(\d+)\.index", n))),
                      reverse=True)
@@ -100,7 +100,7 @@ def _kill_when(proc, fire, timeout=300):
 
 @pytest.mark.slow
 def test_twenty_kills_and_two_corruptions_end_as_the_uninterrupted_run(tmp_path):
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     rng = random.Random(SEED)
     data = make_tiny_dataset(tmp_path / "data")

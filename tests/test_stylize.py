@@ -96,7 +96,7 @@ WEIGHTINGS = [("official", 0.114, 0.299), ("luma", 0.299, 0.114)]
 
 @pytest.mark.parametrize("mode, w_red, w_blue", WEIGHTINGS)
 def test_adjust_brightness_against_hand_values(mode, w_red, w_blue):
-    from anime_gan.stylize import adjust_brightness
+    from anime_gan.inference import adjust_brightness
 
     photo = np.zeros((2, 2, 3), np.uint8)
     photo[..., 0], photo[..., 1], photo[..., 2] = 100, 50, 200  # brightness w_red*100+0.587*50+w_blue*200
@@ -114,7 +114,7 @@ def test_adjust_brightness_against_hand_values(mode, w_red, w_blue):
 
 @pytest.mark.parametrize("mode, w_red, w_blue", WEIGHTINGS)
 def test_adjust_brightness_weightings_against_numpy(mode, w_red, w_blue):
-    from anime_gan.stylize import adjust_brightness, brightness_mode
+    from anime_gan.inference import adjust_brightness, brightness_mode
 
     photo = textured((30, 40, 3), seed=40)
     photo[..., 0] //= 3                                          # a blue photo: mean R << mean B
@@ -143,7 +143,8 @@ def test_adjust_brightness_weightings_against_numpy(mode, w_red, w_blue):
 def test_python_api_keeps_size_and_matches_the_generator(generator, weights_dir):
     import anime_gan
 
-    stylize_module = importlib.import_module("anime_gan.stylize")
+    importlib.import_module("anime_gan.stylize")  # the command module, imported: still callable
+    from anime_gan import inference as stylize_module
     photo = textured((37, 53, 3), seed=3)
     out = anime_gan.stylize(photo, model=weights_dir)  # the module is callable: anime_gan.stylize(...)
     assert out.shape == photo.shape and out.dtype == np.uint8
@@ -166,8 +167,8 @@ def test_python_api_keeps_size_and_matches_the_generator(generator, weights_dir)
 def test_model_may_be_a_saved_model_or_a_tf1_checkpoint(generator, weights_dir, tmp_path, official_meta):
     from official_graph import OfficialGenerator
     from anime_gan.deploy.saved_model import export_saved_model
-    from anime_gan.stylize import load_model
-    from anime_gan.weights.loading import generator_to_tf1
+    from anime_gan.inference import load_model
+    from anime_gan.weights import generator_to_tf1
 
     photo = textured((21, 30, 3), seed=5)[None]
     expected = reference_stylize(generator, photo[0])
@@ -256,7 +257,7 @@ def test_cli_folder_mirrors_reports_bad_files_and_carries_on(generator, weights_
 
 
 def test_cli_single_image_and_bad_arguments(generator, weights_dir, tmp_path):
-    from anime_gan.stylize import adjust_brightness
+    from anime_gan.inference import adjust_brightness
 
     photo = textured((24, 20, 3), seed=16)
     write_rgb(tmp_path / "photo.jpg", photo)
@@ -338,7 +339,7 @@ def test_video_round_trip_keeps_frames_fps_and_size(generator, weights_dir, tmp_
 
 
 def test_folder_jobs_mirror_videos_as_mp4(tmp_path):
-    from anime_gan.stylize import folder_jobs
+    from anime_gan.inference import folder_jobs
 
     src, out = tmp_path / "in", tmp_path / "out"
     for name in ["a.png", "b.gif", "sub/clip.mp4", "sub/clip.mov", "sub/talk.AVI", "sub/notes.txt"]:
@@ -351,7 +352,7 @@ def test_folder_jobs_mirror_videos_as_mp4(tmp_path):
 
 
 def test_cli_folder_stylizes_the_videos_in_it(generator, weights_dir, tmp_path):
-    from anime_gan.stylize import adjust_brightness
+    from anime_gan.inference import adjust_brightness
 
     src, out = tmp_path / "photos", tmp_path / "anime"
     photo = textured((24, 32, 3), seed=50)

@@ -52,7 +52,7 @@ def too_large(name, height, width, max_side=MAX_SIDE):
 
 
 def test_huge_png_is_refused_from_its_header_and_the_folder_goes_on(generator, weights_dir, tmp_path):
-    from anime_gan import stylize
+    from anime_gan import inference
 
     src, out = tmp_path / "photos", tmp_path / "anime"
     photos = {"a.png": textured((24, 32, 3), seed=1), "z.png": textured((24, 32, 3), seed=2)}
@@ -60,8 +60,8 @@ def test_huge_png_is_refused_from_its_header_and_the_folder_goes_on(generator, w
         write_rgb(src / name, image)
     # A decoder cannot read this file (no pixel data), so a refusal naming its size comes from the header.
     (src / "huge.png").write_bytes(header_only_png(20000, 20000))
-    with logged("anime_gan.stylize") as messages:
-        summary = stylize.run(weights_dir, src, out, batch_size=1, max_side=MAX_SIDE, show_progress=False)
+    with logged("anime_gan.inference") as messages:
+        summary = inference.run(weights_dir, src, out, batch_size=1, max_side=MAX_SIDE, show_progress=False)
     refusal = too_large(src / "huge.png", 20000, 20000)
     assert summary.failed == [(str(src / "huge.png"), refusal)]
     assert [m for m in messages if "huge.png" in m] == [refusal]
@@ -72,8 +72,8 @@ def test_huge_png_is_refused_from_its_header_and_the_folder_goes_on(generator, w
     assert not (out / "huge.png").exists()
 
     # Through the Python API's stylizer (default cap 4096): the same sentence, nothing written.
-    with logged("anime_gan.stylize") as messages:
-        summary = stylize.stylize_images(stylize.get_model(generator), [(src / "huge.png", tmp_path / "one.png")])
+    with logged("anime_gan.inference") as messages:
+        summary = inference.stylize_images(inference.get_model(generator), [(src / "huge.png", tmp_path / "one.png")])
     refusal = too_large(src / "huge.png", 20000, 20000, max_side=4096)
     assert summary.failed == [(str(src / "huge.png"), refusal)] and not summary.written
     assert [m for m in messages if "huge.png" in m] == [refusal]
@@ -117,7 +117,7 @@ def test_reading_a_huge_png_with_a_size_check_does_not_decode_it(tmp_path):
 
 
 def test_inputs_sharing_a_name_get_one_output_each(tmp_path):
-    from anime_gan.stylize import folder_jobs
+    from anime_gan.inference import folder_jobs
 
     src, out = tmp_path / "in", tmp_path / "out"
     names = ["a.png", "a.gif", "b.jpg", "b.JPG", "c.GIF", "c.PNG", "d.jpeg", "sub/clip.mov", "sub/clip.mp4"]
@@ -137,14 +137,14 @@ def test_inputs_sharing_a_name_get_one_output_each(tmp_path):
 
 
 def test_outputs_still_shared_are_refused_before_anything_is_written(weights_dir, tmp_path):
-    from anime_gan import stylize
+    from anime_gan import inference
 
     src, out = tmp_path / "in", tmp_path / "out"
     for name in ["a.png", "a.gif.png", "ok.png"]:
         write_rgb(src / name, textured((16, 16, 3), seed=3))
     Image.fromarray(textured((16, 16, 3), seed=4)).save(src / "a.gif")
     with pytest.raises(ImageError) as caught:
-        stylize.run(weights_dir, src, out, show_progress=False)
+        inference.run(weights_dir, src, out, show_progress=False)
     message = str(caught.value)
     assert message == (f"1 output name is shared by several inputs ({src / 'a.gif'} and {src / 'a.gif.png'} -> "
                        f"{out / 'a.gif.png'}); rename one of each so no output overwrites another (nothing was "
@@ -185,13 +185,13 @@ def read_frames(path):
 
 
 def test_a_corrupt_frame_is_skipped_warned_and_counted(generator, weights_dir, tmp_path):
-    from anime_gan import stylize
+    from anime_gan import inference
 
     frames = [textured((48, 64, 3), seed=40 + i) for i in range(10)]
     clip, out = tmp_path / "clip.avi", tmp_path / "anime.mp4"
     write_mjpg_with_a_corrupt_frame(clip, frames, bad=5)
-    with logged("anime_gan.stylize") as messages:
-        summary = stylize.run(weights_dir, clip, out, batch_size=4, show_progress=False)
+    with logged("anime_gan.inference") as messages:
+        summary = inference.run(weights_dir, clip, out, batch_size=4, show_progress=False)
     reason = (f"{clip}: 1 of its 10 frames could not be decoded (corrupt or cut short); {out} has the other 9, "
               "so it is 1 frame short.")
     assert summary.written == [str(out)] and summary.incomplete == [(str(clip), reason)] and not summary.ok
@@ -284,7 +284,7 @@ def test_ctrl_c_stops_after_the_batch_in_hand_and_names_what_was_written(generat
 def test_stop_check_leaves_no_partial_video_and_names_what_was_written(weights_dir, tmp_path):
     """A stop while a video is being written (in-process, through `StopOnCtrlC.check`): the images
     already written stay, the half-done video leaves nothing behind, and `Interrupted` says so."""
-    from anime_gan import stylize
+    from anime_gan import inference
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_rgb(src / "a.png", textured((16, 16, 3), seed=70))
@@ -295,7 +295,7 @@ def test_stop_check_leaves_no_partial_video_and_names_what_was_written(weights_d
     writer.release()
 
     calls = {"n": 0}
-    real_check = stylize.StopOnCtrlC.check
+    real_check = inference.StopOnCtrlC.check
 
     def check(self):  # as if Ctrl-C came while the video's second batch was being read
         calls["n"] += 1
@@ -303,12 +303,12 @@ def test_stop_check_leaves_no_partial_video_and_names_what_was_written(weights_d
             self.requested = True
         real_check(self)
 
-    stylize.StopOnCtrlC.check = check
+    inference.StopOnCtrlC.check = check
     try:
-        with pytest.raises(stylize.Interrupted) as caught:
-            stylize.run(weights_dir, src, out, batch_size=2, show_progress=False)
+        with pytest.raises(inference.Interrupted) as caught:
+            inference.run(weights_dir, src, out, batch_size=2, show_progress=False)
     finally:
-        stylize.StopOnCtrlC.check = real_check
+        inference.StopOnCtrlC.check = real_check
     assert caught.value.summary.written == [str(out / "a.png")]
     assert caught.value.sentence() == ("stopped by Ctrl-C: stylized 1 of 2 inputs; the other 1 input was not "
                                        "written.")

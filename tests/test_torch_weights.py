@@ -3,7 +3,7 @@
 Two layers: the refusal tests need no torch (the files are written by hand); the rest
 `importorskip("torch")` (`make test-torch` installs it into .venv), write real files with
 torch.save and compare our generator with a PyTorch model of the port's architecture, written here
-from its description (ORIGINAL_V2.md, "bryandlee/animegan2-pytorch"), not taken from our code.
+from its description (docs/original.md, "bryandlee/animegan2-pytorch"), not taken from our code.
 """
 
 import os
@@ -29,7 +29,8 @@ from anime_gan.weights.torch_port import (
     port_to_tf1,
     read_state_dict,
 )
-from anime_gan.weights.loading import WEIGHTS_FILENAME, load_generator
+from anime_gan.constants import WEIGHTS_FILENAME
+from anime_gan.weights import load_generator
 from stylize_helpers import ENV
 
 needs_reference = pytest.mark.skipif(not os.path.isfile(R.REFERENCE_V2), reason=R.SKIP_REASON)
@@ -89,7 +90,7 @@ def test_a_global_hidden_in_a_tensor_record_is_refused(tmp_path):
 def test_a_pickle_cannot_change_what_the_next_file_is_read_with(tmp_path):
     """BUILD writes attributes into the object on the stack: here float32's storage type is told its
     bytes are float64, and the rebuild function gets a new attribute."""
-    from anime_gan.weights import torch_port as torch_weights
+    from anime_gan.weights import torch_port
 
     for target in (b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_tensor_v2\n"):
         pickled = b"\x80\x02" + target + b"}X\x05\x00\x00\x00numpyX\x03\x00\x00\x00<f8sb."
@@ -97,8 +98,8 @@ def test_a_pickle_cannot_change_what_the_next_file_is_read_with(tmp_path):
         _zip_pt(path, pickled)
         with pytest.raises(ModelError):
             read_state_dict(path)
-    assert torch_weights._STORAGES["FloatStorage"].numpy == "<f4"
-    assert not hasattr(torch_weights._rebuild_tensor, "numpy")
+    assert torch_port.STORAGE_TYPES["FloatStorage"].numpy == "<f4"
+    assert not hasattr(torch_port.rebuild_tensor, "numpy")
 
 
 def _tensor_pickle(size, stride, numel):
@@ -212,7 +213,7 @@ def torch():
 
 
 def port_generator(torch):
-    """The port's Generator as ORIGINAL_V2.md describes it: each ConvNormLReLU a Sequential
+    """The port's Generator as its description (docs/original.md) has it: each ConvNormLReLU a Sequential
     (pad, conv, GroupNorm(1, C), LeakyReLU 0.2); IRB layers = expand k1, depthwise with bias,
     1x1 conv, GroupNorm; forward(align_corners=True) resizes to the sizes recorded on the way down."""
     nn, F = torch.nn, torch.nn.functional
@@ -381,7 +382,7 @@ def test_which_mode_is_faithful_to_what_on_real_photos(torch):
     on real photos (measured 21.0-23.8 dB), so a port file trained with align-corners resizing must
     run in that mode, and the official weights give another picture through the port."""
     from anime_gan.nets import build_generator
-    from anime_gan.weights.loading import tf1_to_generator
+    from anime_gan.weights import tf1_to_generator
 
     it = R.interpreter()
     official = R.official_weights(it)
@@ -449,7 +450,6 @@ def test_a_pt_file_is_a_model_path_and_odd_sizes_are_not_padded(torch, port_file
     """load_generator and the served graph take a .pt as it is: the port's align-corners generator runs
     on the image as it is (padding to a multiple of 4 would move its resize grid: up to 68 levels off)."""
     from anime_gan.deploy.saved_model import StylizeModule
-    from anime_gan.weights.loading import load_generator
 
     model, path = port_file
     g = load_generator(path)

@@ -1,13 +1,13 @@
-"""`AnimeGAN.train_step` against a plain eager reference written here from ORIGINAL.md.
+"""`AnimeGAN.train_step` against a plain eager reference written here from the original's formulas (docs/original.md).
 
-The reference recomputes every loss from the formulas of ORIGINAL.md ("Losses"), applies TF1's
+The reference recomputes every loss from the original's formulas (docs/original.md, "Losses"), applies TF1's
 Adam by hand (beta1 0.5, beta2 0.999, epsilon 1e-8) and follows the original's schedule: the D
 update on (a, x_gray, G(p), y_gray), then G's update against the updated D, with a second G(p)
 forward pass as the original's separate `sess.run` did. Spectral norm follows the original TF1
 graph: every D evaluation of one `sess.run` reads the same stored u (and stores the same u'), so the
 reference evaluates D on each batch separately from the same u (training=False evaluates without
 storing; the last call stores u'), the gradient penalty's D evaluation on x-hat reads that same u
-(ORIGINAL.md "Gradient-penalty GAN types and spectral norm"), and the G update's D call iterates
+(docs/original.md), and the G update's D call iterates
 once more.
 """
 
@@ -27,7 +27,7 @@ SGD_LR_INIT, SGD_LR_G, SGD_LR_D = 1e-4, 1e-4, 1e-5
 W = dict(g_adv=300.0, d_adv=300.0, con=1.5, sty=3.0, color=10.0)
 
 
-# ---- the reference, from ORIGINAL.md -------------------------------------------------------------
+# ---- the reference, from docs/original.md --------------------------------------------------------
 def ref_gram(f):
     n, h, w, c = f.shape
     flat = tf.reshape(f, [n, h * w, c])
@@ -289,9 +289,9 @@ def test_optimizers_are_tf1_adam():
     assert np.abs(moved).mean() > 3e-4
 
 
-# ---- spectral norm with a gradient penalty (ORIGINAL.md "Gradient-penalty GAN types and spectral norm") ----
+# ---- spectral norm with a gradient penalty (docs/original.md) ----
 def np_power_iteration(w, u):
-    """One power iteration in float64, as ORIGINAL.md states it: u' = l2n(l2n(u W^T) W)."""
+    """One power iteration in float64, as the original computes it: u' = l2n(l2n(u W^T) W)."""
     def l2n(x):
         return x / (np.sqrt(np.sum(x * x)) + 1e-12)
 

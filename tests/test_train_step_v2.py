@@ -1,6 +1,6 @@
 """AnimeGANv2's GAN step (`AnimeGAN` with a v2 generator, a layer-norm discriminator, the TV term and
 per-term D weights) against the plain eager reference of tests/test_train_step.py with v2's weights and
-TV term (ORIGINAL_V2.md): every loss and every updated variable to 1e-5 (the same bound and the same
+TV term (docs/original.md, AnimeGANv2): every loss and every updated variable to 1e-5 (the same bound and the same
 Adam rounding exemption as v1's test)."""
 
 import keras

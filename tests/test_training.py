@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan.training import loop as T
+from anime_gan.training.config import ConfigError, TrainConfig, validate_config
+from anime_gan.training.health import NonFiniteLossError
+from anime_gan.training import loop
+from anime_gan.training.loop import train
+from anime_gan.training.setup import build_model, configure, make_strategy, step_functions
 from training_helpers import STYLE, make_tiny_dataset, run_train, tiny_args
 
 
@@ -24,7 +28,7 @@ def _cfg(tiny, tmp_path, **kw):
                 batch_size=2, ch=8, epoch=2, init_epoch=1, vgg_weights="random", seed=3,
                 export_saved_model=False, progress=False)
     base.update(kw)
-    return T.TrainConfig(**base)
+    return TrainConfig(**base)
 
 
 # ---- flag checks ---------------------------------------------------------------------------------
@@ -45,8 +49,8 @@ def _cfg(tiny, tmp_path, **kw):
 ])
 def test_bad_flags_end_in_one_sentence(tiny, tmp_path, monkeypatch, override, words):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(T.ConfigError) as e:
-        T.validate_config(_cfg(tiny, tmp_path, **override).resolved())
+    with pytest.raises(ConfigError) as e:
+        validate_config(_cfg(tiny, tmp_path, **override).resolved())
     msg = str(e.value)
     assert words in msg and "\n" not in msg and msg.endswith(".")
     assert msg.count(". ") == 0 or msg.count(". ") == msg.count("e.g. ")
@@ -61,29 +65,25 @@ def test_cli_rejects_contradictory_flags_before_any_work(tiny, tmp_path):
     assert "Traceback" not in r.stderr and not ckpt.exists()
 
 
-def test_batch_not_divisible_by_replicas(tiny, tmp_path):
+def test_batch_not_divisible_by_replicas(tiny, tmp_path, monkeypatch):
     # One CPU device here: a mirrored strategy has 1 replica, so use the check's own arithmetic
     # through a fake strategy count.
     class Two:
         num_replicas_in_sync = 2
 
     cfg = _cfg(tiny, tmp_path, batch_size=3, strategy="mirrored")
-    orig = T.make_strategy
-    try:
-        T.make_strategy = lambda name: Two()
-        with pytest.raises(T.ConfigError, match="not divisible by the 2 replicas"):
-            T.train(cfg)
-    finally:
-        T.make_strategy = orig
+    monkeypatch.setattr(loop, "make_strategy", lambda name: Two())
+    with pytest.raises(ConfigError, match="not divisible by the 2 replicas"):
+        train(cfg)
     assert not os.path.exists(cfg.checkpoint_dir)
 
 
 # ---- a whole tiny run ----------------------------------------------------------------------------
 def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
-    from anime_gan.weights.loading import load_generator
+    from anime_gan.weights import load_generator
 
     cfg = _cfg(tiny, tmp_path, training_rate=2, checkpoint_every_steps=3)
-    res = T.train(cfg)
+    res = train(cfg)
     # 8 photos / batch 2 = 4 steps per epoch; 2 epochs.
     assert (res.steps, res.epochs) == (8, 2)
     records = [json.loads(line) for line in open(res.metrics_path)]
@@ -143,7 +143,7 @@ def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
     assert any(n.startswith("d_optimizer/") for n in names)
 
     # Restoring the checkpoint into fresh nets gives back every weight, spectral-norm u included.
-    fresh = T.build_model(cfg.resolved(), tf.distribute.get_strategy())
+    fresh = build_model(cfg.resolved(), tf.distribute.get_strategy())
     tf.train.Checkpoint(generator_weights=list(fresh.generator.weights),
                         discriminator_weights=list(fresh.discriminator.weights)).restore(
         tf.train.latest_checkpoint(cfg.checkpoint_dir)).expect_partial()
@@ -161,7 +161,7 @@ def test_tiny_run_writes_everything_and_resumes_as_a_no_op(tiny, tmp_path):
     level = training_logger.level
     training_logger.setLevel(logging.INFO)
     try:
-        res2 = T.train(cfg)
+        res2 = train(cfg)
     finally:
         training_logger.removeHandler(handler)
         training_logger.setLevel(level)
@@ -176,8 +176,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path):
     import re
 
     cfg = _cfg(tiny, tmp_path, init_lr=1e30, g_lr=1e30, checkpoint_every_steps=1)
-    with pytest.raises(T.NonFiniteLossError) as e:
-        T.train(cfg)
+    with pytest.raises(NonFiniteLossError) as e:
+        train(cfg)
     msg = str(e.value)
     m = re.fullmatch(r"Training stopped at step (\d+) \(epoch \d, (init|gan) phase\): (the \w+ loss is "
                      r"(nan|inf|-inf)|its update made the (generator|discriminator)'s weights NaN or infinite); "
@@ -206,14 +206,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path):
 def test_mixed_precision_steps_are_finite(tmp_path, policy, jit_compile):
     import keras
 
-    cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, mixed_precision=policy)
-    previous = T.configure(cfg)
+    cfg = TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, mixed_precision=policy)
+    previous = configure(cfg)
     try:
         strategy = tf.distribute.get_strategy()
-        model = T.build_model(cfg, strategy)
+        model = build_model(cfg, strategy)
         assert model.generator.compute_dtype == policy.split("_")[1]
         assert isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
-        init_fn, gan_fn, _ = T.step_functions(model, strategy, jit_compile=jit_compile)
+        init_fn, gan_fn, _ = step_functions(model, strategy, jit_compile=jit_compile)
         rng = np.random.default_rng(0)
         batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
         before = [v.numpy().copy() for v in model.generator.trainable_variables]
@@ -238,15 +238,15 @@ def test_mixed_precision_steps_are_finite(tmp_path, policy, jit_compile):
 def test_xla_steps_match_the_plain_steps():
     import keras
 
-    cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
-    T.configure(cfg)
+    cfg = TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
+    configure(cfg)
     strategy = tf.distribute.get_strategy()
-    plain, xla = T.build_model(cfg, strategy), T.build_model(cfg, strategy)
+    plain, xla = build_model(cfg, strategy), build_model(cfg, strategy)
     for m in (plain, xla):  # SGD: the update is the gradient itself (see test_train_step.py)
         m.compile(*(keras.optimizers.SGD(1e-6) for _ in range(3)))
     rng = np.random.default_rng(0)
     batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
-    fns = {jit: T.step_functions(m, strategy, jit_compile=jit) for m, jit in ((plain, False), (xla, True))}
+    fns = {jit: step_functions(m, strategy, jit_compile=jit) for m, jit in ((plain, False), (xla, True))}
     pairs = list(zip(plain.generator.weights + plain.discriminator.weights,
                      xla.generator.weights + xla.discriminator.weights))
     # Each step starts both models from the same weights: this tiny model's GAN step is chaotic
@@ -282,10 +282,10 @@ def test_fit_and_our_loop_take_the_same_first_steps():
 
     from anime_gan.training.gan import PhaseSchedule
 
-    cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
-    T.configure(cfg)
+    cfg = TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=4)
+    configure(cfg)
     strategy = tf.distribute.get_strategy()
-    ours, fitted = T.build_model(cfg, strategy), T.build_model(cfg, strategy)
+    ours, fitted = build_model(cfg, strategy), build_model(cfg, strategy)
     pairs = list(zip(ours.generator.weights + ours.discriminator.weights,
                      fitted.generator.weights + fitted.discriminator.weights))
     for a, b in pairs:
@@ -294,7 +294,7 @@ def test_fit_and_our_loop_take_the_same_first_steps():
     rng = np.random.default_rng(0)
     batch = tuple(tf.constant(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(4))
 
-    init_fn, gan_fn, _ = T.step_functions(ours, strategy, jit_compile=False)
+    init_fn, gan_fn, _ = step_functions(ours, strategy, jit_compile=False)
     loop_logs = [{k: float(v) for k, v in fn(*batch).items()} for fn in (init_fn, gan_fn)]
 
     class Record(keras.callbacks.Callback):

@@ -21,7 +21,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anime_gan.training import loop as T
+from anime_gan.training.checkpoints import (DAMAGED_DIR, DiskFullError, find_resume_checkpoint, is_disk_full,
+                                            remove_leftovers)
+from anime_gan.training.config import TrainConfig
+from anime_gan.training.health import NonFiniteLossError, non_finite_problem, step_health
+from anime_gan.training.loop import train
+from anime_gan.training.setup import build_model, configure
 from anime_gan.errors import OutputExistsError
 from anime_gan.training.run_lock import RunFolderBusy, RunLock
 from training_helpers import REPO, STYLE, env, make_tiny_dataset, run_train, tiny_args
@@ -32,7 +37,7 @@ def _cfg(data, checkpoint_dir, **kw):
                 ch=8, epoch=1, init_epoch=1, vgg_weights="random", seed=3, export_saved_model=False, progress=False,
                 checkpoint_every_steps=1, max_to_keep=4)
     base.update(kw)
-    return T.TrainConfig(**base)
+    return TrainConfig(**base)
 
 
 def _args(data, checkpoint_dir, **kw):
@@ -107,7 +112,7 @@ def tiny(tmp_path_factory):
 def healthy(tiny, tmp_path_factory):
     """A finished 4-step run with ckpt-1 .. ckpt-4 (one per step), never touched by the tests: copy it."""
     run = tmp_path_factory.mktemp("healthy") / "run"
-    T.train(_cfg(tiny, run))
+    train(_cfg(tiny, run))
     assert checkpoint_numbers(run) == [1, 2, 3, 4]
     return run
 
@@ -128,8 +133,8 @@ def test_update_that_makes_weights_nan_stops_before_any_nan_checkpoint(tiny, tmp
     # The issue's reproduction: init_lr=1e30 sends G to ~1e30 in step 1 and to NaN in step 2, while
     # the content loss of step 2 is still finite; before the fix ckpt-2 and on were all-NaN.
     run = tmp_path / "run"
-    with pytest.raises(T.NonFiniteLossError) as e:
-        T.train(_cfg(tiny, run, init_lr=1e30))
+    with pytest.raises(NonFiniteLossError) as e:
+        train(_cfg(tiny, run, init_lr=1e30))
     msg = str(e.value)
     assert one_sentence(msg), msg
     m = re.fullmatch(r"Training stopped at step (\d+) \(epoch 1, init phase\): (.+); the last good checkpoint "
@@ -151,14 +156,14 @@ def test_update_that_makes_weights_nan_stops_before_any_nan_checkpoint(tiny, tmp
 def test_step_health_counts_non_finite_variables_and_skipped_updates():
     """The guard itself, on a built model: nothing flagged on fresh weights; one NaN in D, one inf in
     an Adam moment, each counted where it is; an optimizer that did not run counts as skipped."""
-    cfg = T.TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=1)
-    T.configure(cfg)
-    model = T.build_model(cfg, tf.distribute.get_strategy())
+    cfg = TrainConfig(vgg_weights="random", ch=8, img_size=16, batch_size=2, seed=1)
+    configure(cfg)
+    model = build_model(cfg, tf.distribute.get_strategy())
     optimizers = {"G": model.g_optimizer, "D": model.d_optimizer}
     before = {net: tf.identity(opt.iterations) for net, opt in optimizers.items()}
 
     def health():
-        return {k: float(v) for k, v in T.step_health(model, optimizers, before).items()}
+        return {k: float(v) for k, v in step_health(model, optimizers, before).items()}
 
     assert health() == {"nonfinite_generator": 0, "nonfinite_discriminator": 0, "nonfinite_optimizer": 0,
                         "skipped_G": 1, "skipped_D": 1}
@@ -170,16 +175,16 @@ def test_step_health_counts_non_finite_variables_and_skipped_updates():
     h = health()
     assert (h["nonfinite_generator"], h["nonfinite_discriminator"], h["nonfinite_optimizer"]) == (0, 1, 1)
     assert (h["skipped_G"], h["skipped_D"]) == (0, 1)
-    assert T._non_finite({"d_loss": 1.0}, h) == "its update made the discriminator's weights NaN or infinite"
-    assert T._non_finite({"d_loss": float("inf")}, h) == "the d_loss loss is inf"
+    assert non_finite_problem({"d_loss": 1.0}, h) == "its update made the discriminator's weights NaN or infinite"
+    assert non_finite_problem({"d_loss": float("inf")}, h) == "the d_loss loss is inf"
 
 
 @pytest.mark.slow  # the GAN step's first call traces for ~10 s
 def test_finite_but_huge_loss_with_nan_weights_is_caught(tiny, tmp_path):
     # --g_adv_weight=1e38: G's loss stays a finite ~1e38 while its update makes the weights NaN.
     run = tmp_path / "run"
-    with pytest.raises(T.NonFiniteLossError) as e:
-        T.train(_cfg(tiny, run, epoch=2, g_adv_weight=1e38))
+    with pytest.raises(NonFiniteLossError) as e:
+        train(_cfg(tiny, run, epoch=2, g_adv_weight=1e38))
     msg = str(e.value)
     assert one_sentence(msg)
     assert re.fullmatch(r"Training stopped at step 5 \(epoch 2, gan phase\): its update made the generator's "
@@ -229,8 +234,8 @@ def test_damaged_newest_checkpoint_is_skipped_and_kept_aside(copy_of, caplog, da
     before = fingerprint(run)
     harm, expected, reason = DAMAGE[damage]
     harm(run)
-    with caplog.at_level(logging.WARNING, logger="anime_gan.training.loop"):
-        prefix = T.find_resume_checkpoint(str(run), tidy=True)
+    with caplog.at_level(logging.WARNING, logger="anime_gan.training.checkpoints"):
+        prefix = find_resume_checkpoint(str(run), tidy=True)
     assert prefix == str(run / f"ckpt-{expected}")
     # The checkpoints older than the damaged one are untouched, the damaged one is moved, not deleted,
     # and the CheckpointManager's index lists exactly what is left.
@@ -248,8 +253,8 @@ def test_damaged_newest_checkpoint_is_skipped_and_kept_aside(copy_of, caplog, da
     else:
         assert len(warnings) == 1 and one_sentence(warnings[0]), warnings
         assert warnings[0].startswith("Skipped ckpt-4, newer than ckpt-3: ") and reason in warnings[0]
-        assert warnings[0].endswith(f"; moved ckpt-4 to {run / T.DAMAGED_DIR}.")
-        kept_aside = set(os.listdir(run / T.DAMAGED_DIR))
+        assert warnings[0].endswith(f"; moved ckpt-4 to {run / DAMAGED_DIR}.")
+        kept_aside = set(os.listdir(run / DAMAGED_DIR))
         assert kept_aside == {"ckpt-4.index", DATA} - ({"ckpt-4.index"} if damage == "newest .index deleted" else set())
 
 
@@ -266,13 +271,13 @@ def test_leftovers_of_a_killed_run_are_removed(copy_of, caplog):
     (run / "epochs" / "epoch_001" / ".tmp-999.generator.weights.h5").write_bytes(b"torn")
     (run / "logs" / "metrics.jsonl.tmp").write_text('{"step": 1')
     cfg = _cfg("unused", run).resolved()
-    removed = T.remove_leftovers(cfg)
+    removed = remove_leftovers(cfg)
     assert sorted(os.path.relpath(p, run) for p in removed) == [
         "checkpoint.tmp5f3a", "ckpt-5_temp", "epochs/epoch_001/.tmp-999.generator.weights.h5", "logs/metrics.jsonl.tmp"]
-    with caplog.at_level(logging.WARNING, logger="anime_gan.training.loop"):
-        assert T.find_resume_checkpoint(str(run), tidy=True) == str(run / "ckpt-4")
+    with caplog.at_level(logging.WARNING, logger="anime_gan.training.checkpoints"):
+        assert find_resume_checkpoint(str(run), tidy=True) == str(run / "ckpt-4")
     # The torn ckpt-5 was never listed: it is removed (not kept as "damaged"), the rest is as it was.
-    assert not (run / T.DAMAGED_DIR).exists()
+    assert not (run / DAMAGED_DIR).exists()
     said = [r.getMessage() for r in caplog.records]
     assert said[-1].endswith("removed ckpt-5, left incomplete by an interrupted run.")
     assert fingerprint(run) == before
@@ -284,8 +289,8 @@ def test_resume_after_damage_equals_the_uninterrupted_run(healthy, tiny, copy_of
     uninterrupted run's; nothing from before the fault is lost."""
     run = copy_of()
     os.truncate(run / DATA, 1000)
-    with caplog.at_level(logging.INFO, logger="anime_gan.training.loop"):
-        result = T.train(_cfg(tiny, run, max_to_keep=3))
+    with caplog.at_level(logging.INFO, logger="anime_gan.training"):
+        result = train(_cfg(tiny, run, max_to_keep=3))
     said = [r.getMessage() for r in caplog.records]
     assert any(s.startswith("Skipped ckpt-4, newer than ckpt-3: its data does not read back (the file is truncated)")
                for s in said), said
@@ -294,7 +299,7 @@ def test_resume_after_damage_equals_the_uninterrupted_run(healthy, tiny, copy_of
     assert_same_losses(losses(healthy / "logs" / "metrics.jsonl"), losses(run / "logs" / "metrics.jsonl"))
     # The rewritten index hands the older checkpoints back to the CheckpointManager's rotation.
     assert checkpoint_numbers(run) == [2, 3, 4] and finite_checkpoint(run / "ckpt-4")
-    assert os.path.getsize(run / T.DAMAGED_DIR / DATA) == 1000
+    assert os.path.getsize(run / DAMAGED_DIR / DATA) == 1000
 
 
 def test_folder_without_a_good_checkpoint_is_refused_not_trained_over(tiny, copy_of):
@@ -311,7 +316,7 @@ def test_folder_without_a_good_checkpoint_is_refused_not_trained_over(tiny, copy
     assert msg.endswith("; pass --restart to train from step 0 over it, or another --checkpoint_dir.")
     assert fingerprint(run) == before  # nothing moved, nothing rewritten, metrics.jsonl kept whole
     # --restart is the explicit way over it: the checkpoints go, the rest is overwritten as training goes.
-    assert T.find_resume_checkpoint(str(run), tidy=True, restart=True) is None
+    assert find_resume_checkpoint(str(run), tidy=True, restart=True) is None
     assert checkpoint_numbers(run) == [] and not (run / "checkpoint").exists()
 
 
@@ -322,7 +327,7 @@ def test_final_weights_without_checkpoints_are_not_trained_over(copy_of):
             os.remove(run / f"ckpt-{n}{suffix}")
     before = fingerprint(run)
     with pytest.raises(OutputExistsError) as e:
-        T.find_resume_checkpoint(str(run), tidy=True, final_weights=str(run / "generator" / "generator.weights.h5"))
+        find_resume_checkpoint(str(run), tidy=True, final_weights=str(run / "generator" / "generator.weights.h5"))
     assert one_sentence(str(e.value)) and "--restart" in str(e.value) and "generator.weights.h5" in str(e.value)
     assert fingerprint(run) == before
 
@@ -381,8 +386,8 @@ def test_disk_full_while_writing_a_checkpoint(tiny, tmp_path, monkeypatch):
         return real_save(manager, checkpoint_number=checkpoint_number, **kw)
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
-    with pytest.raises(T.DiskFullError) as e:
-        T.train(_cfg(tiny, run))
+    with pytest.raises(DiskFullError) as e:
+        train(_cfg(tiny, run))
     msg = str(e.value)
     assert one_sentence(msg), msg
     assert msg == (f"Training stopped at step 3: the disk is full (writing ckpt-3 in {run}); the partial files were "
@@ -393,7 +398,7 @@ def test_disk_full_while_writing_a_checkpoint(tiny, tmp_path, monkeypatch):
     assert finite_checkpoint(run / "ckpt-1") and finite_checkpoint(run / "ckpt-2")
     assert [r["step"] for r in losses(run / "logs" / "metrics.jsonl")] == [1, 2, 3]
 
-    assert T.find_resume_checkpoint(str(run), tidy=True) == str(run / "ckpt-2") and T.remove_leftovers(
+    assert find_resume_checkpoint(str(run), tidy=True) == str(run / "ckpt-2") and remove_leftovers(
         _cfg(tiny, run).resolved()) == []
 
 
@@ -425,7 +430,7 @@ def test_disk_full_in_a_metrics_line_leaves_whole_lines(tmp_path):
     log.file = HalfFull()
     with pytest.raises(OSError) as e:
         log.step(dict(record, step=2), {"init_loss": 1.5})
-    assert T.is_disk_full(e.value) and log.file.calls == 2
+    assert is_disk_full(e.value) and log.file.calls == 2
     log.file = real
     log.close()
     assert open(tmp_path / "metrics.jsonl").read() == json.dumps(record) + "\n"
@@ -442,7 +447,7 @@ def test_disk_full_in_a_metrics_line_leaves_whole_lines(tmp_path):
     (ValueError("bad"), False),
 ])
 def test_is_disk_full(error, full):
-    assert T.is_disk_full(error) is full
+    assert is_disk_full(error) is full
 
 
 # ---- 5. float16 loss scaling's skipped updates are reported --------------------------------------
@@ -461,7 +466,7 @@ def test_step_health_sees_a_loss_scale_optimizer_skip_its_update():
     def step(gradient):
         before = {"G": tf.identity(opt.iterations)}
         opt.apply([tf.constant(gradient, tf.float32)], [var])
-        return float(T.step_health(Nets, {"G": opt}, before)["skipped_G"])
+        return float(step_health(Nets, {"G": opt}, before)["skipped_G"])
 
     assert step([1.0, np.inf, 1.0]) == 1.0
     assert float(opt.dynamic_scale) == 2.0 ** 14 and var.numpy().tolist() == [1, 1, 1]
@@ -474,9 +479,9 @@ def test_skipped_float16_updates_are_logged_counted_and_shown(tiny, tmp_path, ca
     the checkpoint says independently: each skip halves the loss scale from 2**15 and leaves Adam's
     iteration count where it was."""
     run = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="anime_gan.training.loop"):
-        T.train(_cfg(tiny, run, img_size=16, mixed_precision="mixed_float16", steps_per_epoch=8,
-                     checkpoint_every_steps=0, progress=True))
+    with caplog.at_level(logging.WARNING, logger="anime_gan.training.health"):
+        train(_cfg(tiny, run, img_size=16, mixed_precision="mixed_float16", steps_per_epoch=8,
+                   checkpoint_every_steps=0, progress=True))
     records = losses(run / "logs" / "metrics.jsonl")
     skipped = [r["step"] for r in records if r.get("skipped_updates") == ["G"]]
     assert all(r.get("skipped_updates") in (None, ["G"]) for r in records)

@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from anime_gan import image_io, stylize
+from anime_gan import image_io
+from anime_gan import inference
+from anime_gan.inference import pipeline
 from anime_gan.inference import video
 from anime_gan.image_io import ImageError
 from stylize_helpers import logged, textured, write_rgb
@@ -119,9 +121,9 @@ def test_video_keeps_its_sound_frames_fps_and_size(tmp_path):
     clip, out = tmp_path / "clip.mp4", tmp_path / "anime.mp4"
     make_video(clip, frames)
     fake = FakeStylizer()
-    with logged("anime_gan.stylize") as messages:
-        summary = stylize.Summary(inputs=1)
-        stylize._stylize_video_job(fake, clip, out, 4, "none", summary, None)
+    with logged("anime_gan.inference") as messages:
+        summary = inference.Summary(inputs=1)
+        inference.video_job(fake, clip, out, 4, "none", summary, None)
     assert summary.ok and summary.written == [str(out)]
     assert f"wrote 30 frames to {out} (aac audio copied)" in messages
 
@@ -151,9 +153,9 @@ def test_other_audio_is_reencoded_to_aac_and_odd_sizes_padded_to_even(tmp_path):
     clip, out = tmp_path / "clip.mkv", tmp_path / "anime.mp4"
     make_video(clip, frames, rate=24, codec="mjpeg", audio="pcm_s16le")
     fake = FakeStylizer()
-    with logged("anime_gan.stylize") as messages:
-        summary = stylize.Summary(inputs=1)
-        stylize._stylize_video_job(fake, clip, out, 5, "none", summary, None)
+    with logged("anime_gan.inference") as messages:
+        summary = inference.Summary(inputs=1)
+        inference.video_job(fake, clip, out, 5, "none", summary, None)
     assert summary.ok, summary
     assert (f"wrote 12 frames to {out} (pcm_s16le audio re-encoded to AAC; 63x95 written as 64x96: "
             f"{video.ODD_SIZE_NOTE})") in messages
@@ -174,7 +176,7 @@ def test_video_without_sound(tmp_path):
     frames = [textured((32, 48, 3), seed=400 + i) for i in range(7)]
     clip, out = tmp_path / "clip.mp4", tmp_path / "anime.mov"
     make_video(clip, frames, rate=10, audio=None)
-    assert stylize.stylize_video(FakeStylizer(), clip, out, batch_size=3) == (7, 7)
+    assert inference.stylize_video(FakeStylizer(), clip, out, batch_size=3) == (7, 7)
     result = streams(out)
     assert result["audio"] is None and result["video"] == ("h264", 7, fractions.Fraction(10), 48, 32, "yuv420p")
     assert not list(tmp_path.glob(".tmp-*"))
@@ -187,8 +189,8 @@ def test_cut_short_and_unreadable_videos_are_counted_in_one_sentence(tmp_path):
     data = whole.read_bytes()
     cut, out = tmp_path / "cut.mp4", tmp_path / "anime.mp4"
     cut.write_bytes(data[:len(data) * 6 // 10])
-    summary = stylize.Summary(inputs=1)
-    stylize._stylize_video_job(FakeStylizer(), cut, out, 4, "none", summary, None)
+    summary = inference.Summary(inputs=1)
+    inference.video_job(FakeStylizer(), cut, out, 4, "none", summary, None)
     assert summary.written == [str(out)] and len(summary.incomplete) == 1
     reason = summary.incomplete[0][1]
     written = streams(out)["video"][1]
@@ -199,9 +201,9 @@ def test_cut_short_and_unreadable_videos_are_counted_in_one_sentence(tmp_path):
     # The index last (the default): a cut file does not open at all.
     make_video(whole, frames)
     cut.write_bytes(whole.read_bytes()[:len(data) // 2])
-    summary = stylize.Summary(inputs=1)
+    summary = inference.Summary(inputs=1)
     out.unlink()
-    stylize._stylize_video_job(FakeStylizer(), cut, out, 4, "none", summary, None)
+    inference.video_job(FakeStylizer(), cut, out, 4, "none", summary, None)
     assert summary.failed and not summary.written and not out.exists()
     message = summary.failed[0][1]
     assert message.startswith(f"{cut} is not a readable video (FFmpeg cannot open it") and "\n" not in message
@@ -213,7 +215,7 @@ def test_video_output_suffix_without_h264_container_is_refused(tmp_path):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"")
     with pytest.raises(ImageError, match=re.escape(f"--output={tmp_path / 'a.webm'}: videos are written as H.264")):
-        stylize.plan_output(clip, tmp_path / "a.webm")
+        inference.plan_output(clip, tmp_path / "a.webm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,9 +239,9 @@ def test_folder_pipeline_writes_the_same_files_as_the_sequential_path(tmp_path):
     results = {}
     for workers in (0, 2):
         out = tmp_path / f"out{workers}"
-        jobs, _ = stylize.folder_jobs(src, out)
-        with logged("anime_gan.stylize") as messages:
-            summary = stylize.stylize_images(model, jobs, batch_size=3, adjust="luma", workers=workers)
+        jobs, _ = inference.folder_jobs(src, out)
+        with logged("anime_gan.inference") as messages:
+            summary = inference.stylize_images(model, jobs, batch_size=3, adjust="luma", workers=workers)
         files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
         results[workers] = (files, [m.replace(str(out), "OUT") for m in messages],
                             [w.replace(str(out), "OUT") for w in summary.written], summary.failed)
@@ -269,12 +271,12 @@ def test_folder_pipeline_overlaps_reading_the_model_and_writing(tmp_path, monkey
 
     monkeypatch.setattr(image_io, "read_image", slow_read)
     monkeypatch.setattr(image_io, "write_image", slow_write)
-    jobs, _ = stylize.folder_jobs(src, out)
+    jobs, _ = inference.folder_jobs(src, out)
     times = {}
     for workers in (0, 2):
         fake = FakeStylizer(seconds_per_image=delay)
         start = time.perf_counter()
-        summary = stylize.stylize_images(fake, jobs, batch_size=4, workers=workers)
+        summary = inference.stylize_images(fake, jobs, batch_size=4, workers=workers)
         times[workers] = time.perf_counter() - start
         assert len(summary.written) == n and summary.ok
     serial = 3 * n * delay  # read, model and write one after the other
@@ -288,14 +290,14 @@ def test_large_images_run_alone(tmp_path, monkeypatch):
     for i in range(3):
         write_rgb(src / f"big{i}.png", textured((40, 40, 3), seed=800 + i))
         write_rgb(src / f"small{i}.png", textured((20, 20, 3), seed=810 + i))
-    monkeypatch.setattr(stylize, "SINGLE_IMAGE_PIXELS", 30 * 30)
+    monkeypatch.setattr(pipeline, "SINGLE_IMAGE_PIXELS", 30 * 30)
     fake = FakeStylizer()
-    jobs, _ = stylize.folder_jobs(src, out)
-    summary = stylize.stylize_images(fake, jobs, batch_size=4)
+    jobs, _ = inference.folder_jobs(src, out)
+    summary = inference.stylize_images(fake, jobs, batch_size=4)
     assert summary.ok and len(summary.written) == 6
     assert sorted(fake.shapes) == sorted([(1, 40, 40, 3)] * 3 + [(3, 20, 20, 3)])
     # Video frames too.
     frames = np.stack([textured((40, 40, 3), seed=820 + i) for i in range(3)])
     fake.shapes.clear()
-    result = stylize._video_frames_fn(fake, "none")(frames)
+    result = inference.video_frames_fn(fake, "none")(frames)
     assert np.array_equal(result, 255 - frames[..., ::-1]) and fake.shapes == [(1, 40, 40, 3)] * 3

@@ -2,7 +2,7 @@
 generator): its weights dequantised under their official names, and its interpreter.
 
 Read only by tests; the file itself is never copied into the project (its README: non-commercial
-weights). Weight mapping (ORIGINAL_V2.md): conv weights are named after the op that reads them, so
+weights). Weight mapping (docs/original.md): conv weights are named after the op that reads them, so
 each conv op's input 1 loses its last name part to give the official scope; OHWI (depthwise 1HWC)
 becomes HWIO (HWC1); real = scale * (q - zero_point) per output channel. The conv ops' own bias
 inputs are int32 zeros borrowed from other layers; only the depthwise biases are real.

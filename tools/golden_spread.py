@@ -23,7 +23,7 @@ golden inputs, a batch of three and a 256x256 input, and reports
     .venv/bin/python tools/golden_spread.py --quick    # default and TF_ENABLE_ONEDNN_OPTS=0 only
 
 The bounds in tests/test_generator.py (CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS) come from this
-table; the README's "Tests" section quotes it.
+table; docs/development.md's "Tests" section quotes it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def worker(out_path, variant=None):
     from anime_gan.nets.generator import Generator
     from anime_gan.nets.layers import InstanceNorm
     from official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
-    from anime_gan.weights.loading import tf1_to_generator
+    from anime_gan.weights import tf1_to_generator
 
     variant = _wrong(variant) if variant else None
     golden = np.load(GOLDEN)

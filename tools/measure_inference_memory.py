@@ -14,7 +14,7 @@ Paths:
            fits the budget, else banded by the plan for its size)
   banded   a banded plan of the bounded generator forced at any size: --tier=K (default: the
            plan for the largest images)
-  stylize  `anime_gan.stylize.stylize(image, model=generator)`: whatever serving.py wires in
+  stylize  `anime_gan.inference.stylize(image, model=generator)`: whatever `anime_gan.deploy.saved_model` wires in
 
     .venv/bin/python tools/measure_inference_memory.py --sizes=512,1024,1536 --paths=whole,bounded,banded
     .venv/bin/python tools/measure_inference_memory.py --sizes=4096 --paths=bounded
@@ -70,7 +70,7 @@ def child(args):
         plan = bounded.tiers[tier][1]
         info["plan"] = (uses if uses == "whole" else
                         f"{uses}: {plan.peak_bytes_per_pixel:.0f} B/px stored, {plan.recompute_factor:.2f}x MACs")
-        one = bounded._banded[tier]  # one image [1, H, W, 3] -> [1, H, W, 3]
+        one = bounded.tier_functions[tier]  # one image [1, H, W, 3] -> [1, H, W, 3]
         if args.path == "bounded":
             runner = bounded
         else:
@@ -81,7 +81,7 @@ def child(args):
             one(tf.zeros([1, 32, 32, 3]))  # instantiate the banded graph it will use
 
     if runner is None:
-        from anime_gan.stylize import stylize
+        from anime_gan.inference import stylize
 
         def run(images):
             return stylize(images, model=generator)

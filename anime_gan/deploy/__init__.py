@@ -1,0 +1,7 @@
+"""Deployment: the generator as a SavedModel (`saved_model`, with bounded-memory inference in
+`banded`), an ONNX model (`onnx`) or a TFLite model (`tflite`); `export` loads a model path and
+writes one of them. This package module itself imports no TensorFlow: the export command reads its
+facts below before TensorFlow loads."""
+
+EXPORT_FORMATS = ("saved_model", "onnx", "tflite")  # `python -m anime_gan.export --format`
+CALIBRATION_PHOTOS = 32  # at most this many photos of --calibration_dir calibrate int8_full

@@ -14,7 +14,7 @@ Each image is reflect-padded at the bottom and right to a multiple of 4 and crop
 
 What the model does not do: the SavedModel's in-graph size checks (at least 8 pixels a side, at
 most max_side) and its N = 0 answer. tf2onnx drops Assert ops, so the runner checks sizes before
-the call (`anime_gan.runtimes`), and the cap is stored in the metadata (`anime_gan.max_side`) with
+the call (`anime_gan.inference.runners`), and the cap is stored in the metadata (`anime_gan.max_side`) with
 the architecture (`anime_gan.arch`), its options (`anime_gan.options`, JSON) and the padding rule.
 
 The ops that needed care, and what tf2onnx made of them (opset 17):
@@ -40,14 +40,14 @@ import logging
 import os
 
 from anime_gan import constants as C
-from anime_gan.errors import ConfigError, OutputExistsError
+from anime_gan.errors import OutputExistsError
 
 INPUT_NAME = "images"  # the SavedModel's input name; the outputs must be named otherwise (tf2onnx)
 OUTPUT_NAME = "stylized"
 FLOAT_OUTPUT_NAME = "stylized_unit_range"
 OPSET = 17
 METADATA_PREFIX = "anime_gan."
-# Bumped when the graph written here changes, so cached conversions (anime_gan.runtimes) are redone.
+# Bumped when the graph written here changes, so cached conversions (anime_gan.inference.runners) are redone.
 FORMAT_VERSION = "1"
 
 
@@ -61,12 +61,10 @@ def onnx_function(generator):
     the generator's variables (frozen to constants by tf2onnx)."""
     import tensorflow as tf
 
+    from anime_gan.deploy.saved_model import float32_generator
     from anime_gan.image_io import images_to_unit_range, unit_range_to_images
-    from anime_gan.deploy.saved_model import _float32_generator
 
-    if not generator.built:
-        generator.build()
-    generator = _float32_generator(generator)
+    generator = float32_generator(generator)
     pad = pads_input(generator)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)])
@@ -108,9 +106,9 @@ def to_onnx(generator, max_side=C.DEFAULT_MAX_SIDE):
     import tensorflow as tf
     import tf2onnx
 
-    max_side = int(max_side)
-    if max_side < C.MIN_SIDE:
-        raise ConfigError(f"--max_side={max_side} is below the smallest side G accepts ({C.MIN_SIDE}).")
+    from anime_gan.deploy.saved_model import checked_max_side
+
+    max_side = checked_max_side(max_side)
     fn, generator = onnx_function(generator)
     # tf2onnx logs its optimiser passes at INFO, which would bury a command's own lines.
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)

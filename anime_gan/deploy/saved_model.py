@@ -38,8 +38,8 @@ import tempfile
 import tensorflow as tf
 
 from anime_gan import constants as C
-from anime_gan.deploy.banded import DEFAULT_MEMORY_BUDGET, MemoryBoundedGenerator, memory_bounded
 from anime_gan.constants import DEFAULT_MAX_SIDE, MIN_SIDE
+from anime_gan.deploy.banded import DEFAULT_MEMORY_BUDGET, MemoryBoundedGenerator, memory_bounded
 from anime_gan.errors import ConfigError, OutputExistsError
 from anime_gan.image_io import images_to_unit_range, unit_range_to_images
 
@@ -64,6 +64,14 @@ def size_error(height, width, max_side, name="image"):
     if max(height, width) > max_side:
         return _TOO_LARGE.format(name=name, height=height, width=width, max_side=max_side)
     return None
+
+
+def checked_max_side(max_side):
+    """max_side as an int, or ConfigError if it is below the smallest side G accepts."""
+    max_side = int(max_side)
+    if max_side < MIN_SIDE:
+        raise ConfigError(f"--max_side={max_side} is below the smallest side G accepts ({MIN_SIDE}).")
+    return max_side
 
 
 def size_checks(height, width, max_side, applies=True):
@@ -183,12 +191,15 @@ def generate(generator, x):
     return generator(x)[:, :height, :width, :]
 
 
-def _float32_generator(generator):
-    """The generator itself if it computes in float32, else a float32 copy of it.
+def float32_generator(generator):
+    """The generator (built) itself if it computes in float32, else a float32 copy of it: what every
+    export and runtime runs.
 
     Serving runs on any device, where a float16 policy left over from training would only cost
     accuracy; the weights are float32 either way.
     """
+    if not generator.built:
+        generator.build()
     if generator.compute_dtype == "float32":
         return generator
     from anime_gan.nets import build_generator
@@ -214,12 +225,8 @@ class StylizeModule(tf.Module):
         """memory_budget: bytes of working memory one image may take (default
         `anime_gan.deploy.banded.DEFAULT_MEMORY_BUDGET`); larger images run banded (see `anime_gan.deploy.banded`)."""
         super().__init__(name="anime_gan")
-        if not generator.built:
-            generator.build()
-        max_side = int(max_side)
-        if max_side < MIN_SIDE:
-            raise ConfigError(f"--max_side={max_side} is below the smallest side G accepts ({MIN_SIDE}).")
-        generator = _float32_generator(generator)
+        max_side = checked_max_side(max_side)
+        generator = float32_generator(generator)
         # Only the raw variables are tracked; the generator is held by the closures below, so the
         # SavedModel contains variables and graphs, no Keras objects.
         self.generator_variables = [_raw_variable(v) for v in generator.weights]
@@ -323,7 +330,7 @@ def export_saved_model(generator, output_dir, max_side=DEFAULT_MAX_SIDE):
     """
     output_dir = os.path.abspath(os.fspath(output_dir))
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not os.path.exists(
-        os.path.join(output_dir, "saved_model.pb")
+        os.path.join(output_dir, C.SAVED_MODEL_FILENAME)
     ):
         raise OutputExistsError(
             f"{output_dir} exists and is not a SavedModel; choose another --output or empty it first."

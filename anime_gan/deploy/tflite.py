@@ -14,15 +14,16 @@ checked when the file is written (each side at least MIN_SIDE = 8 pixels) and by
 
 Precisions (PSNR against our float32 on held-out photos, real AnimeGANv2 Hayao weights, 256 x 256;
 tests/test_export_tflite.py)
-- "float32": the network as it is (within 1e-4 of `serving.generate` at the same size; ~90 dB).
+- "float32": the network as it is (within 1e-4 of `anime_gan.deploy.saved_model.generate` at the same size;
+  ~90 dB).
 - "float16": weights stored in float16 (half the file), dequantised once and computed in float32
   (65-67 dB).
 - "int8": dynamic-range quantisation: int8 weights (per channel), activations quantised on the fly
-  by XNNPACK; no calibration needed (47-49 dB; the fastest on the 2-core Xeon measured).
+  by XNNPACK; no calibration needed (47-49 dB).
 - "int8_full": full-integer post-training quantisation (int8 weights and activations) calibrated
   on `calibration_images` (real photos, uint8 [H, W, 3], centre-cropped and resized to the model's
   size); the uint8 input and output stay uint8. 32-34 dB: the 24 layer norms' statistics (means
-  over ~1M values) carry the int8 error forward; and on XNNPACK it was not faster than float32.
+  over ~1M values) carry the int8 error forward.
 
 Hard ops and how they are written here
 - Reflect padding: TFLite's MIRROR_PAD is correct but XNNPACK does not take it, so each of G's
@@ -30,12 +31,12 @@ Hard ops and how they are written here
   one-row/column slices and concatenations (reflect padding copies values, so the output is the
   same bit for bit), which XNNPACK runs; concatenations have at most three inputs (XNNPACK left the
   7-input one of a 3-pixel pad out). `reflect_pad="mirror_pad"` keeps the plain op (same output,
-  tested; 2.5x slower for v2 at 256 x 256).
+  tested; slower).
 - TF1's legacy bilinear resize (align_corners=False, half_pixel_centers=False) converts to
   RESIZE_BILINEAR with both flags false, exactly.
 - Instance and layer norm (`tf.nn.moments` + `tf.nn.batch_normalization`) convert to MEAN,
   SQUARED_DIFFERENCE, RSQRT, MUL, SUB, ADD.
-- The output mapping in "int8_full" is y * 127.5 + 127.5 (see `_concrete_function`).
+- The output mapping in "int8_full" is y * 127.5 + 127.5 (see `frozen_function`).
 - Variables: converting a concrete function of a Keras model can keep its weights as resource
   variables (READ_VARIABLE, NaN under XNNPACK); the graph is frozen to constants before conversion.
 """
@@ -49,17 +50,18 @@ import os
 import numpy as np
 
 from anime_gan import constants as C
-from anime_gan.errors import ConfigError, ModelError, UserError
+from anime_gan.errors import ConfigError, ModelError, UserError, first_line
 
-PRECISIONS = ("float32", "float16", "int8", "int8_full")
 REFLECT_PADS = ("slices", "mirror_pad")
 DEFAULT_SIZE = 256
 METADATA_NAME = "anime_gan"
 
 
 # ---- export ----------------------------------------------------------------------------------------
-def _reflect_pad_by_slices(x, top, bottom, left, right):
-    """Reflect padding of NHWC x as one-row/column slices + concatenations (exactly tf.pad REFLECT)."""
+def reflect_pad_by_slices(x, top, bottom, left, right):
+    """Reflect padding of NHWC x as one-row/column slices + concatenations (exactly tf.pad REFLECT),
+    which XNNPACK runs (it does not take MIRROR_PAD); G's layers pad this way while `frozen_function`
+    traces them with reflect_pad="slices"."""
     import tensorflow as tf
 
     def along(x, axis, before, after):
@@ -88,16 +90,8 @@ def _reflect_pad_as(mode):
     """While tracing (in this thread), G's layers pad with `mode` ("slices" or "mirror_pad")."""
     from anime_gan.nets import layers
 
-    with layers.reflect_pad_as(None if mode == "mirror_pad" else _reflect_pad_by_slices):
+    with layers.reflect_pad_as(None if mode == "mirror_pad" else reflect_pad_by_slices):
         yield layers.reflect_pad
-
-
-def _float32_generator(generator):
-    from anime_gan.deploy.saved_model import _float32_generator
-
-    if not generator.built:
-        generator.build()
-    return _float32_generator(generator)
 
 
 def _size(height, width):
@@ -112,11 +106,12 @@ def _size(height, width):
     return height, width
 
 
-def _concrete_function(generator, height, width, reflect_pad, float_io=False, full_integer=False):
-    """The frozen uint8 -> uint8 graph at one fixed size (no variables left in it).
+def frozen_function(generator, height, width, reflect_pad="slices", float_io=False, full_integer=False):
+    """The concrete function `write_tflite` converts: the uint8 [1, height, width, 3] -> uint8 graph
+    of one fixed size, frozen (no variables left in it); reflect_pad: one of REFLECT_PADS.
 
-    float_io: float32 in [-1, 1] in and out instead, the pixel mappings left out (tests compare the
-    network itself to `serving.generate` with it). full_integer: the output mapping written as
+    float_io: float32 in [-1, 1] in and out instead, the pixel mappings left out (the network alone,
+    comparable to `anime_gan.deploy.saved_model.generate`). full_integer: the output mapping written as
     y * 127.5 + 127.5, the same map in one step: the quantiser gave (y + 1) / 2 the scale of the
     final [0, 255] value (one int8 step = 1 level), which leaves two output values (9 dB)."""
     import tensorflow as tf
@@ -132,7 +127,7 @@ def _concrete_function(generator, height, width, reflect_pad, float_io=False, fu
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], dtype, name="images")], autograph=False)
     def stylize(images):
         x = images if float_io else images_to_unit_range(images)
-        if align_corners:  # keeps any size itself (see serving.generate)
+        if align_corners:  # keeps any size itself (see anime_gan.deploy.saved_model.generate)
             y = generator(x)
         else:
             y = generator(pad(x, 0, pad_h, 0, pad_w))[:, :height, :width, :]
@@ -178,7 +173,9 @@ def _representative_dataset(images, height, width):
     return dataset
 
 
-def _tflite_bytes(concrete, precision, calibration_images, height, width):
+def convert_to_tflite(concrete, precision, calibration_images=None, height=None, width=None):
+    """The TFLite flatbuffer (bytes, no metadata) of a `frozen_function` in `precision` (one of
+    TFLITE_PRECISIONS); "int8_full" calibrates on calibration_images fitted to height x width."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
@@ -229,20 +226,22 @@ def write_tflite(generator, path, precision="float32", calibration_images=None, 
                  reflect_pad="slices"):
     """Write `generator` as a TFLite file of a fixed size; returns the path.
 
-    precision: one of PRECISIONS (see the module docstring); calibration_images: uint8 [H, W, 3] RGB
+    precision: one of TFLITE_PRECISIONS (see the module docstring); calibration_images: uint8 [H, W, 3] RGB
     photos, needed for "int8" (centre-cropped and resized to the model's size). height, width: the
     model's input size (default 256 x 256). The file is written beside `path` and renamed into place,
     so an existing file there is replaced only by a complete one. The generator's arch, options,
     the precision and the size are stored in the file's `anime_gan` metadata (`read_metadata`).
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown TFLite precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    from anime_gan.deploy.saved_model import float32_generator  # TensorFlow: not when only running a file
+
+    if precision not in C.TFLITE_PRECISIONS:
+        raise ConfigError(f"unknown TFLite precision {precision!r}; choose one of {', '.join(C.TFLITE_PRECISIONS)}.")
     if reflect_pad not in REFLECT_PADS:
         raise ConfigError(f"unknown reflect_pad {reflect_pad!r}; choose one of {', '.join(REFLECT_PADS)}.")
     height, width = _size(height, width)
-    generator = _float32_generator(generator)
-    concrete = _concrete_function(generator, height, width, reflect_pad, full_integer=precision == "int8_full")
-    model_bytes = _tflite_bytes(concrete, precision, calibration_images, height, width)
+    generator = float32_generator(generator)
+    concrete = frozen_function(generator, height, width, reflect_pad, full_integer=precision == "int8_full")
+    model_bytes = convert_to_tflite(concrete, precision, calibration_images, height, width)
     metadata = {"arch": generator.arch, "options": generator.options(), "precision": precision,
                 "height": height, "width": width, "reflect_pad": reflect_pad,
                 "input": "uint8 [1, H, W, 3] RGB", "output": "uint8 [1, H, W, 3]"}
@@ -282,8 +281,7 @@ class TFLiteRunner:
             self.interpreter = _interpreter_class()(model_path=path, num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path} is not a TFLite model this runtime can load ({first}).") from None
+            raise ModelError(f"{path} is not a TFLite model this runtime can load ({first_line(e)}).") from None
         self.path = path
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1 or inputs[0]["dtype"] != np.uint8 or len(inputs[0]["shape"]) != 4:

@@ -4,7 +4,7 @@ destination's suffix, `image_io.VIDEO_CONTAINERS`) with the audio track kept.
 
     written, announced = transform_video(fn, "clip.mov", "anime.mp4", batch_size=4)
 
-fn maps uint8 RGB [N, H, W, 3] to uint8 [N, H, W, 3] (a `anime_gan.stylize.Stylizer`, or anything
+fn maps uint8 RGB [N, H, W, 3] to uint8 [N, H, W, 3] (a `anime_gan.inference.Stylizer`, or anything
 else with that contract). Decoding, fn and encoding run at once: a decoding thread and an encoding
 thread pass batches through queues of QUEUE_BATCHES batches each (so at most about
 2 * QUEUE_BATCHES + 2 batches of frames are in memory), and fn runs in the calling thread.
@@ -44,7 +44,7 @@ import numpy as np
 from anime_gan.image_io import VIDEO_CONTAINERS, ImageError
 from data_prep.files import make_readable
 
-log = logging.getLogger("anime_gan.inference.video")
+log = logging.getLogger(__name__)
 
 VIDEO_CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"

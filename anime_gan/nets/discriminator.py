@@ -1,6 +1,6 @@
 """The AnimeGAN discriminator and the spectral-normalised convolution it is built from.
 
-Both follow the official code (see ORIGINAL.md, "Discriminator"): zero-padded VALID 3x3
+Both follow the official code (docs/original.md, "Discriminator"): zero-padded VALID 3x3
 convolutions without bias, weights N(0, 0.02), spectral norm on every convolution, instance norm
 (eps 1e-5, learned gamma/beta) after the stride-1 convolutions of each stage, LeakyReLU 0.2.
 Layer names are the official scope names (conv_0, conv_s2_<i>, conv_s1_<i>, ins_norm_<i>,
@@ -173,7 +173,7 @@ class Discriminator(keras.Model):
     Each stride-2 conv maps a side of H to floor(H / 2), so H' = floor(H / 2**(n_dis-1)) (256 -> 64
     for the defaults); sides must be at least 2**(n_dis-1).
     norm="layer" gives AnimeGANv2's discriminator: the same network with contrib layer norm (over H, W
-    and C, eps 1e-12) in place of each instance norm (ORIGINAL_V2.md); the attribute names stay.
+    and C, eps 1e-12) in place of each instance norm (AnimeGANv2's discriminator); the attribute names stay.
     """
 
     def __init__(self, ch=64, n_dis=3, sn=True, norm="instance", name="discriminator", **kwargs):

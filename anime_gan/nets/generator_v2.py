@@ -2,7 +2,7 @@
 
 Differences from v1 (anime_gan.nets.generator): layer norm over H, W and C (eps 1e-12) instead of instance
 norm, plain and strided 3x3 convolutions instead of separable and down convs, four inverted residual
-blocks instead of eight, and biases in the four depthwise convolutions. Facts: ORIGINAL_V2.md.
+blocks instead of eight, and biases in the four depthwise convolutions. Facts: docs/original.md.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ class InvertedResBlock(Block):
         return tf.ensure_shape(h, h.shape) + tf.cast(x, tf.float32)
 
 
-# ---- AnimeGANv2 blocks (ORIGINAL_V2.md) -----------------------------------------------------------
+# ---- AnimeGANv2 blocks (docs/original.md) -----------------------------------------------------------
 def layer_norm(x, gamma, beta, epsilon, out_dtype=None):
     """TF1 `contrib.layers.layer_norm` as AnimeGANv2 calls it: per sample over H, W and C.
 

@@ -1,6 +1,6 @@
 """tf.data input pipelines for AnimeGAN training (photos; anime RGB + grayscale x; grayscale smooth y).
 
-What each element is (ORIGINAL.md, "Data"): images read as RGB and scaled by x/127.5 - 1 to [-1, 1];
+What each element is (docs/original.md, "Data"): images read as RGB and scaled by x/127.5 - 1 to [-1, 1];
 x = the anime image read as grayscale with OpenCV's weights, repeated to 3 channels; y = the smoothed
 anime image read as grayscale, repeated to 3 channels. As in the official code, photos, anime and
 smoothed anime are three independent streams, each shuffled afresh every epoch; steps per epoch =
@@ -33,12 +33,12 @@ import numpy as np
 import tensorflow as tf
 
 from anime_gan.image_io import images_to_unit_range
-from data_prep import report
+from data_prep import demo, report
 from data_prep.files import IMAGE_EXTENSIONS
 from data_prep.report import DataError, FolderReport
 
-__all__ = ["DataError", "TrainDataReport", "make_train_dataset", "make_val_dataset", "scan_images",
-           "load_image"]
+__all__ = ["DataError", "TrainDataReport", "ensure_demo_data", "make_train_dataset", "make_val_dataset",
+           "scan_images", "load_image"]
 
 # How a file is decoded (chosen once per file from its header).
 KIND_JPEG = 0  # decode_jpeg; grayscale = the luma plane (as OpenCV)
@@ -252,7 +252,7 @@ def make_train_dataset(dataset_dir: str, style: str, batch_size: int, img_size: 
 
 def _val_size(side: int, img_size: int) -> int:
     # The original's test-time sizing: sides up to img_size become img_size, longer ones drop to a
-    # multiple of 32 (ORIGINAL.md, "Inference in the official code").
+    # multiple of 32 (docs/original.md, "Inference in the official code").
     return img_size if side <= img_size else side - side % 32
 
 
@@ -280,3 +280,12 @@ def make_val_dataset(val_dir: str, img_size: int = 256, limit: int | None = None
     if not out:
         raise DataError(f"Folder {val_dir} holds no usable images for samples; add a few photos or run `make data`.")
     return out
+
+
+def ensure_demo_data(dataset_dir: str, dataset: str) -> None:
+    """Builds the offline demo set in dataset_dir on first use of --dataset=Demo; any other style's
+    data is the user's to provide (`make data`)."""
+    if dataset != demo.STYLE or os.path.isdir(os.path.join(dataset_dir, demo.STYLE, "smooth")):
+        return
+    log.info(f"Building the offline demo set in {dataset_dir} (first run) ...")
+    demo.ensure(dataset_dir, progress=False)

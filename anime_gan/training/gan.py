@@ -1,7 +1,7 @@
 """The AnimeGAN as a `keras.Model`: generator, discriminator and the perceptual VGG, trained by a
 custom `train_step` that reads like the original's algorithm.
 
-Init phase (the first `init_epoch` epochs, ORIGINAL.md "Losses"): only G learns, on
+Init phase (the first `init_epoch` epochs, docs/original.md "Losses"): only G learns, on
 `con_weight * content` with its own Adam at `init_lr`.
 
 GAN phase, one step on a batch (p, a, x_gray, y_gray) = (photo, anime, grayscale anime,
@@ -13,7 +13,7 @@ between the two, so the shared value is exactly the original's (which recomputed
 `sess.run`). A single tape over that forward pass serves the G update; the D update runs with that
 tape paused, so the shared pass costs nothing extra.
 
-Spectral norm (ORIGINAL.md "Discriminator"): every D evaluation of the original TF1 graph ran one
+Spectral norm (docs/original.md "Discriminator"): every D evaluation of the original TF1 graph ran one
 power iteration from the stored u. In one `sess.run` of the D train op the four D calls all read the
 same stored u and the same W, so they produced the same u' and the same W/sigma: effectively ONE
 iteration per D update. The G train op then ran the iteration of its own D(G(p)) call, with the
@@ -24,7 +24,7 @@ concatenated batches: the logits would be the same, but the gradient sums would 
 differently, and Adam's first steps turn such rounding differences on near-zero gradients into
 lr-sized differences of the weights. Two iterations per GAN step, as in the original.
 A gradient penalty (`gan_type` wgan-gp, wgan-lp, dragan) adds a fifth D evaluation to the D update,
-on x-hat. In the original's graph (with its penalty code fixed, ORIGINAL.md "Gradient-penalty GAN
+on x-hat. In the original's graph (with its penalty code fixed, docs/original.md "Gradient-penalty GAN
 types and spectral norm") that evaluation belongs to the same `sess.run`, so it reads the same stored
 u and uses the same W/sigma as the other four, and u still advances one iteration per D update. So
 the penalty evaluates D with training=False (reading u, storing nothing), and it runs before the one
@@ -34,7 +34,7 @@ storing evaluation, D(y_gray): u' is stored exactly once per D update for every 
 `training_rate` G steps. `gan_step(..., update_discriminator=False)` is the G-only step of the other
 `training_rate - 1` steps.
 
-`train_step(data)` is THE step: our loop (`training.step_functions`) and Keras' `fit` both run it.
+`train_step(data)` is THE step: our loop (`training.setup.step_functions`) and Keras' `fit` both run it.
 It does what two Python attributes say, read when the step is traced: `phase` ("init" or "gan")
 and `update_discriminator`. Our loop traces one function per mode; for `fit`, the callback
 `PhaseSchedule(init_epoch, training_rate)` sets the mode before each batch and swaps in the train

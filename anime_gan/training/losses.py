@@ -106,7 +106,7 @@ def discriminator_adv_loss(real_logit, gray_logit, fake_logit, smooth_logit, gan
     keeps D from judging by colour; the smoothed anime teaches it that blurred edges are not anime.
     Returns d_real, d_gray, d_fake, d_smooth (unweighted) and their sum weighted by `term_weights`
     (real, gray, fake, smooth): d_adv = d_real + d_gray + d_fake + 0.1 * d_smooth in v1; AnimeGANv2
-    weights them per style (ORIGINAL_V2.md; its code uses 1.7, 1.7, 1.7, 1.0).
+    weights them per style (docs/original.md, AnimeGANv2; its code uses 1.7, 1.7, 1.7, 1.0).
     """
     check_gan_type(gan_type)
     real_term, fake_term = _real_and_fake_terms(gan_type)
@@ -130,7 +130,7 @@ def gradient_penalty(discriminator, real, fake, gan_type: str, ld: float = C.GP_
     - wgan-gp, wgan-lp: other = fake = G(p), real = the anime batch a (Gulrajani et al.);
     - dragan: other = a perturbed anime batch a + 0.5 * std(a) * U[0, 1) (std over the whole batch),
       so x_hat lies in a small neighbourhood of the real data (Kodali et al.); G(p) is not used.
-      This is ORIGINAL.md's "for dragan a noisy anime batch" and the original code's evident intent
+      This is the original's "for dragan a noisy anime batch" and the original code's evident intent
       (its penalty unpacked D's single output into two values and never ran).
     The gradient is that of sum(D(x_hat)) over the whole logit map; D works on each image alone
     (instance norm, no batch statistics), so this is each image's own gradient. Its norm is taken

@@ -39,6 +39,9 @@ import numpy as np
 
 from anime_gan import constants as C
 from anime_gan.errors import ModelError, PathNotFoundError
+from anime_gan.nets import GeneratorV2, build_generator
+from anime_gan.weights.keras_h5 import save_generator
+from anime_gan.weights.tf1 import tf1_to_generator
 
 PORT_EPSILON = 1e-5  # torch.nn.GroupNorm's default eps, which the port's layers keep
 PORT_RESIZE = "align_corners"  # the port's default forward(align_corners=True)
@@ -61,7 +64,8 @@ class _DType:
         return np.dtype(self.numpy).itemsize
 
 
-_STORAGES = {
+# The storage classes a state_dict's pickle may name (`torch.FloatStorage`, ...) and how their bytes read.
+STORAGE_TYPES = {
     "FloatStorage": _DType("float32", "<f4"),
     "HalfStorage": _DType("float16", "<f2"),
     "BFloat16Storage": _DType("bfloat16", "<u2"),  # numpy has no bfloat16: the top half of a float32
@@ -94,8 +98,11 @@ class _TensorRef:
     stride: tuple
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
-    """torch._utils._rebuild_tensor(_v2): (storage, offset, size, stride, requires_grad, hooks, metadata)."""
+def rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    """What the pickle's torch._utils._rebuild_tensor(_v2) calls make: a reference to a tensor of a storage.
+
+    Arguments: (storage, offset, size, stride, requires_grad, hooks, metadata); a layout that is not
+    non-negative integers of matching lengths is a ModelError."""
     if not isinstance(storage, _StorageRef):
         raise ModelError("a tensor in this file has no storage of its own.")
     ints = (storage_offset, *size, *stride)
@@ -115,11 +122,11 @@ def _rebuild_parameter(data, *_ignored):
 # wrapper, so no file can change what the next one is read with.
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    **{("torch", name): dtype for name, dtype in _STORAGES.items()},
+    **{("torch", name): dtype for name, dtype in STORAGE_TYPES.items()},
 }
 
 # What a malformed pickle or storage raises while it is read (never a refused global: that is a
@@ -376,8 +383,6 @@ def port_to_tf1(state, generator=None):
     unexpected or of another shape than the generator's (`generator`, else a new GeneratorV2) is
     refused in one sentence naming them."""
     if generator is None:
-        from anime_gan.nets.generator_v2 import GeneratorV2
-
         generator = GeneratorV2()
     expected = {name: tuple(v.shape) for name, v in generator.tf1_variable_map().items()}
     ports = {port: (C.TF1_SCOPE + name, layout) for port, name, layout in PORT_NAMES}
@@ -405,9 +410,6 @@ def port_to_tf1(state, generator=None):
 def load_torch_generator(path, resize=PORT_RESIZE, policy=None):
     """A ready GeneratorV2 with the weights of a port `.pt` file, computing as the port's forward
     (resize="align_corners", eps 1e-5); resize="tf1" gives the official graph's legacy x2 instead."""
-    from anime_gan.nets import build_generator
-    from anime_gan.weights.loading import tf1_to_generator
-
     state = read_state_dict(path)
     generator = build_generator(policy, arch="v2", resize=resize, epsilon=PORT_EPSILON)
     return tf1_to_generator(port_to_tf1(state, generator), generator)
@@ -415,7 +417,5 @@ def load_torch_generator(path, resize=PORT_RESIZE, policy=None):
 
 def convert_torch(path, output_dir, resize=PORT_RESIZE):
     """Port `.pt` file -> `output_dir/generator.weights.h5` (with its resize and epsilon). Returns its path."""
-    from anime_gan.weights.loading import save_generator
-
     return save_generator(load_torch_generator(path, resize), output_dir)
 

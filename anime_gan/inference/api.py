@@ -1,0 +1,62 @@
+"""The one-image Python API: `stylize(image_uint8, model=None)` and the model cache behind it.
+
+    >>> import anime_gan
+    >>> anime = anime_gan.stylize(photo_uint8, model="checkpoints/hayao")
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from anime_gan import constants as C
+from anime_gan import image_io
+from anime_gan.errors import ConfigError
+from anime_gan.inference.runtimes import load_model, stylizer_from_generator
+from anime_gan.inference.stylizer import Stylizer, adjust_batch, brightness_mode
+
+MODEL_ENV = "ANIME_GAN_MODEL"
+
+_MODELS = {}  # absolute model path -> its Stylizer, loaded once
+
+
+def get_model(model=None):
+    """A Stylizer from a Stylizer, a Generator, a path (loaded once and cached) or $ANIME_GAN_MODEL."""
+    if isinstance(model, Stylizer):
+        return model
+    if model is None:
+        model = os.environ.get(MODEL_ENV)
+        if not model:
+            raise ConfigError(f"no model given; pass model=PATH (a SavedModel or weights) or set ${MODEL_ENV}.")
+    if isinstance(model, (str, os.PathLike)):
+        key = os.path.abspath(os.fspath(model))
+        if key not in _MODELS:
+            _MODELS[key] = load_model(model)
+        return _MODELS[key]
+    if hasattr(model, "tf1_variable_map"):  # an anime_gan Generator
+        return stylizer_from_generator(model, C.DEFAULT_MAX_SIDE, "Generator")
+    raise TypeError(f"model must be a path, a Generator or a Stylizer, not {type(model).__name__}.")
+
+
+def stylize(image_uint8, model=None, adjust_brightness=False):
+    """Photo(s) -> anime, same size: uint8 [H, W, 3] or [N, H, W, 3] -> uint8 of the same shape.
+
+    Grayscale, RGBA and 16-bit arrays are converted to 8-bit RGB first (`image_io.to_rgb_uint8`).
+    model: any path `anime_gan.load_generator` accepts (loaded once), a Generator, or None for
+    $ANIME_GAN_MODEL. adjust_brightness matches each result's mean brightness to its photo's:
+    "official" or True (the original's weights), "luma", or "none" / False (default).
+    """
+    mode = brightness_mode(adjust_brightness)
+    stylizer = get_model(model)
+    array = np.asarray(image_uint8)
+    batched = array.ndim == 4
+    if batched and len(array) == 0:  # nothing to stylize: the empty batch of the same size
+        image_io.to_rgb_uint8(np.zeros((1, 1, *array.shape[3:]), array.dtype))  # the same dtype/channel checks
+        stylizer.check_size(array.shape[1], array.shape[2])
+        return np.zeros((0, *array.shape[1:3], 3), np.uint8)
+    images = list(array) if batched else [array]
+    images = np.stack([image_io.to_rgb_uint8(im) for im in images])
+    stylizer.check_size(images.shape[1], images.shape[2])
+    out = adjust_batch(stylizer(images), images, mode)
+    return out if batched else out[0]

@@ -1,0 +1,336 @@
+"""A ready `Stylizer` from any model in any runtime (`load_model`), and the per-machine table `auto`
+picks the fastest float-accurate runtime from.
+
+    >>> from anime_gan.inference import load_model
+    >>> stylizer = load_model("checkpoints/hayao", runtime="auto")
+    >>> anime = stylizer(photos_uint8)          # uint8 [N, H, W, 3] -> uint8 [N, H, W, 3]
+
+`model` is anything `anime_gan.load_generator` reads, or an ONNX file written by
+`python -m anime_gan.export --format=onnx` (which runs in onnxruntime or openvino, not tensorflow).
+Runtimes (each an optional package; tensorflow always works): tensorflow, onnxruntime, openvino,
+litert (see `anime_gan.inference.runners`), and auto: the fastest runtime this machine has measured at
+>= ACCURATE_DB from TensorFlow float32, from the table `runtimes.json` in the cache folder. Its entries
+are keyed by the CPU's model name, the machine architecture, the installed runtimes' versions and the
+generator architecture (v1/v2); `make bench` writes them (section runtimes), and when this machine has
+none, `auto` measures the installed runtimes once on a 256x256 image (a few seconds, logged) and writes
+the entry. `auto` never picks litert (its runner returns uint8 only, so its accuracy is not measured).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from anime_gan import constants as C
+from anime_gan.errors import ConfigError, ModelError
+from anime_gan.inference.runners import (RuntimeStylizer, cache_dir, cached_onnx, importlib_has, installed,
+                                         is_onnx_path, make_runner, read_onnx_metadata, require, threads)
+from anime_gan.inference.stylizer import Stylizer
+from data_prep.files import write_bytes
+
+log = logging.getLogger(__name__)
+
+ACCURATE_DB = 60.0  # "float-accurate": PSNR from TensorFlow float32 on [-1, 1] (peak-to-peak 2)
+CALIBRATION_SIZE = 256
+CALIBRATION_REPEATS = 3
+TABLE_NAME = "runtimes.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: one dispatch for every model form and runtime
+
+
+def stylizer_from_generator(generator, max_side=C.DEFAULT_MAX_SIDE, source="Generator"):
+    """A TensorFlow `Stylizer` over a Generator: batches that fit the memory budget run whole through a
+    plain graph of G, larger images through its bounded (banded) serving graph."""
+    from anime_gan.deploy.saved_model import StylizeModule
+
+    module = StylizeModule(generator, max_side=max_side)
+    return Stylizer(module, max_side, source, keep_alive=module)
+
+
+def stylizer_from_saved_model(path):
+    """A TensorFlow `Stylizer` running a SavedModel's serving signature, with the cap it was exported with."""
+    import tensorflow as tf
+
+    from anime_gan.deploy.saved_model import IMAGES_KEY, SERVING_SIGNATURE
+
+    loaded = tf.saved_model.load(str(path))
+    if SERVING_SIGNATURE not in loaded.signatures:
+        raise ModelError(f"the SavedModel at {path} has no {SERVING_SIGNATURE} signature; re-export it.")
+    fn = loaded.signatures[SERVING_SIGNATURE]
+    variable = getattr(loaded, "max_side_variable", None)
+    max_side = int(variable.numpy()) if variable is not None else C.DEFAULT_MAX_SIDE
+    return Stylizer(lambda x: fn(images=x)[IMAGES_KEY], max_side, str(path), keep_alive=loaded)
+
+
+def saved_model_cap(directory):
+    """The max_side a SavedModel was exported with, read from its variables (no graph loaded)."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(str(pathlib.Path(directory) / "variables" / "variables"))
+        key = "max_side_variable/.ATTRIBUTES/VARIABLE_VALUE"
+        return int(reader.get_tensor(key)) if reader.has_tensor(key) else None
+    except Exception:  # noqa: BLE001 - an older SavedModel: the default cap
+        return None
+
+
+def load_model(path, max_side=None, runtime="tensorflow"):
+    """A `Stylizer` running `path` in `runtime` (one of constants.RUNTIMES). Errors are one sentence
+    (PathNotFoundError / ModelError / ConfigError).
+
+    path: any model `anime_gan.load_generator` accepts (see constants.MODEL_FORMS), or an exported .onnx
+    file (run by "auto" unless onnxruntime or openvino is named: TensorFlow cannot run ONNX).
+    A SavedModel or an ONNX file keeps the size cap it was exported with; for everything else
+    max_side is the cap (default constants.DEFAULT_MAX_SIDE). runtime "auto": the fastest
+    float-accurate runtime measured on this machine (see `choose`).
+    """
+    from anime_gan.weights import load_generator, resolve_model
+
+    if is_onnx_path(path):
+        return _load_onnx_file(pathlib.Path(os.fspath(path)).expanduser(),
+                               "auto" if runtime == "tensorflow" else runtime)
+    if runtime not in C.RUNTIMES:
+        raise ConfigError(f"--runtime={runtime} is not one of {', '.join(C.RUNTIMES)}.")
+    if runtime not in ("tensorflow", "auto"):
+        require(runtime)
+    expanded = pathlib.Path(os.fspath(path)).expanduser()
+    source = resolve_model(expanded)
+    if runtime == "tensorflow" and source.kind == "saved_model":
+        return stylizer_from_saved_model(source.path)
+    if runtime == "tensorflow":
+        return stylizer_from_generator(load_generator(source), max_side or C.DEFAULT_MAX_SIDE, str(expanded))
+    cap = (saved_model_cap(source.path) if source.kind == "saved_model" else None) or max_side \
+        or C.DEFAULT_MAX_SIDE
+    generator = load_generator(source)
+    if runtime == "auto":
+        runtime = choose(generator.arch, generator=generator)
+        log.info("--runtime=auto: %s (the fastest float-accurate runtime in %s).", runtime, table_path())
+        if runtime == "tensorflow":
+            return stylizer_from_generator(generator, cap, str(path))
+    onnx_path = cached_onnx(generator) if runtime in ("onnxruntime", "openvino") else None
+    return RuntimeStylizer(make_runner(runtime, onnx_path, generator), cap, str(path), runtime)
+
+
+def _load_onnx_file(path, runtime):
+    if runtime not in C.RUNTIMES:
+        raise ConfigError(f"--runtime={runtime} is not one of {', '.join(C.RUNTIMES)}.")
+    if runtime in ("tensorflow", "litert"):
+        raise ConfigError(f"{path} is an ONNX model: run it with --runtime=onnxruntime, openvino or auto, or "
+                          "pass the TensorFlow model it was exported from.")
+    if runtime != "auto":
+        require(runtime)
+    elif not (installed("onnxruntime") or installed("openvino")):
+        raise ConfigError(f"{path} is an ONNX model and neither onnxruntime nor openvino is installed; pip "
+                          "install 'anime-gan-tf2[onnx]' or pass the TensorFlow model it was exported from.")
+    if not importlib_has("onnx"):
+        raise ConfigError("onnx is not installed; pip install 'anime-gan-tf2[onnx]' to read .onnx models.")
+    meta = read_onnx_metadata(path)
+    cap = int(meta.get("max_side", C.DEFAULT_MAX_SIDE))
+    if runtime == "auto":
+        runtime = choose(meta.get("arch", "v1"), onnx_path=path)
+        log.info("--runtime=auto: %s (the fastest float-accurate runtime in %s).", runtime, table_path())
+    return RuntimeStylizer(make_runner(runtime, path), cap, str(path), runtime)
+
+
+# ---------------------------------------------------------------------------------------------
+# The measured table and `auto`
+
+
+def table_path():
+    """Where this machine's measured runtimes are kept: runtimes.json in the cache folder."""
+    return cache_dir() / TABLE_NAME
+
+
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def versions():
+    """{runtime: version} of the installed runtimes."""
+    from importlib import metadata
+
+    out = {}
+    for runtime, dists in (("tensorflow", ("tensorflow", "tensorflow-cpu", "tensorflow-intel")),
+                           ("onnxruntime", ("onnxruntime",)), ("openvino", ("openvino",)),
+                           ("litert", ("ai-edge-litert",))):
+        for dist in dists:
+            try:
+                out[runtime] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    if "litert" in out and not installed("litert"):
+        del out["litert"]
+    return out
+
+
+def machine_key(arch):
+    """The table key: CPU model name, machine architecture, threads, runtime versions, generator arch."""
+    v = versions()
+    return " | ".join([cpu_name(), platform.machine(), f"{threads()} threads",
+                       ", ".join(f"{k} {v[k]}" for k in sorted(v)), f"arch {arch}"])
+
+
+def read_table(path=None):
+    """The measured table ({} when there is none; an unreadable one is ignored with a warning)."""
+    path = pathlib.Path(path or table_path())
+    try:
+        table = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        log.warning("ignoring the unreadable runtime table %s; it will be measured again.", path)
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def record(arch, measurements, source, path=None, size=None):
+    """Store {runtime: {"ms": median ms, "db": PSNR from TF float32}} as this machine's entry for arch;
+    size: "WxH" measured (default the calibration size)."""
+    path = pathlib.Path(path or table_path())
+    table = read_table(path)
+    table[machine_key(arch)] = {
+        "cpu": cpu_name(), "arch": arch, "versions": versions(), "source": source,
+        "size": size or f"{CALIBRATION_SIZE}x{CALIBRATION_SIZE}",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "runtimes": measurements,
+    }
+    write_bytes(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
+    return table[machine_key(arch)]
+
+
+def fastest(entry, candidates=None):
+    """The fastest runtime of a table entry at >= ACCURATE_DB (TensorFlow float32 is the reference),
+    among the installed candidates; "tensorflow" when none qualifies."""
+    candidates = candidates or [r for r in C.RUNTIMES[1:] if installed(r)]
+    timed = [(m["ms"], name) for name, m in entry.get("runtimes", {}).items()
+             if name in candidates and m.get("ms") is not None
+             and (name == "tensorflow" or (m.get("db") is not None and m["db"] >= ACCURATE_DB))]
+    return min(timed)[1] if timed else "tensorflow"
+
+
+def choose(arch, generator=None, onnx_path=None, path=None):
+    """`auto`: the runtime this machine's table says is fastest, measuring it first when absent."""
+    if onnx_path is not None:
+        candidates = [r for r in ("onnxruntime", "openvino") if installed(r)]
+    else:
+        candidates = ["tensorflow"] + [r for r in ("onnxruntime", "openvino") if installed(r)]
+        if len(candidates) > 1 and not importlib_has("tf2onnx"):
+            candidates = ["tensorflow"]
+    if len(candidates) == 1:
+        return candidates[0]
+    entry = read_table(path).get(machine_key(arch))
+    if entry is None or not set(candidates) <= set(entry.get("runtimes", {})):
+        log.info("no measured runtime table for this machine (%s) in %s: timing %s once on a %dx%d image "
+                 "...", cpu_name(), path or table_path(), ", ".join(candidates), CALIBRATION_SIZE,
+                 CALIBRATION_SIZE)
+        measurements = calibrate(candidates, generator=generator, onnx_path=onnx_path)
+        entry = record(arch, measurements, "calibration", path=path)
+    return fastest(entry, candidates)
+
+
+def psnr_db(reference, y):
+    """PSNR of y against reference, both in [-1, 1] (peak-to-peak 2); inf when identical."""
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(y, np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+
+
+def calibration_image(size=None):
+    """A seeded smooth photo-like uint8 [1, size, size, 3] image (gradients plus noise)."""
+    size = size or CALIBRATION_SIZE
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([xx, yy, 0.5 * (xx + yy)], -1) * 200 + rng.normal(0, 20, (size, size, 3))
+    return np.clip(base, 0, 255).astype(np.uint8)[np.newaxis]
+
+
+def _tensorflow_runners(generator):
+    """(uint8 runner, float32 [-1, 1] runner) of a generator in TensorFlow, the accuracy reference."""
+    import tensorflow as tf
+
+    from anime_gan.deploy.saved_model import IMAGES_KEY, StylizeModule, float32_generator, generate
+    from anime_gan.image_io import images_to_unit_range
+
+    module = StylizeModule(generator)
+    g32 = float32_generator(generator)
+    return (lambda images: module.serving_default(tf.constant(images))[IMAGES_KEY].numpy(),
+            lambda images: generate(g32, images_to_unit_range(images)).numpy())
+
+
+def calibrate(candidates, generator=None, onnx_path=None, repeats=CALIBRATION_REPEATS):
+    """{runtime: {"ms", "db"}} of each candidate on the calibration image: interleaved medians; dB
+    from TensorFlow float32 (from onnxruntime when only an ONNX file is given)."""
+    x = calibration_image()
+    runners, floats = {}, {}
+    if generator is not None:
+        runners["tensorflow"], floats["tensorflow"] = _tensorflow_runners(generator)
+        if any(r in candidates for r in ("onnxruntime", "openvino")):
+            onnx_path = cached_onnx(generator)
+    for name in candidates:
+        if name == "tensorflow":
+            continue
+        runner = make_runner(name, onnx_path, generator)
+        runners[name] = runner
+        floats[name] = getattr(runner, "unit_range", None)
+    runners = {name: runners[name] for name in candidates}
+    times = {name: [] for name in runners}
+    for fn in runners.values():
+        fn(x)
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    reference_name = "tensorflow" if "tensorflow" in floats else "onnxruntime"
+    reference = floats[reference_name](x) if floats.get(reference_name) else None
+    out = {}
+    for name in runners:
+        db = None
+        if reference is not None and floats.get(name) is not None:
+            db = round(min(psnr_db(reference, floats[name](x)), 999.0), 1)
+        out[name] = {"ms": round(statistics.median(times[name]), 1), "db": db}
+    return out
+
+
+def calibrate_model(model):
+    """Measures the installed runtimes on `model` (anything load_generator reads) and records the entry."""
+    from anime_gan.weights import load_generator
+
+    generator = load_generator(model)
+    candidates = ["tensorflow"] + [r for r in ("onnxruntime", "openvino") if installed(r)]
+    return record(generator.arch, calibrate(candidates, generator=generator), "calibration")
+
+
+def format_table(table):
+    """The table as readable lines, one block per entry, fastest first, the `auto` choice marked."""
+    if not table:
+        return f"no runtime measurements yet in {table_path()} (run `make bench` or `--runtime=auto` once)."
+    lines = []
+    for key, entry in sorted(table.items()):
+        here = key in (machine_key("v1"), machine_key("v2"))
+        lines.append(f"{key}{'  (this machine)' if here else ''}")
+        lines.append(f"  measured by {entry.get('source')} at {entry.get('size')} on {entry.get('date')}")
+        choice = fastest(entry, list(entry.get("runtimes", {})))
+        for name, m in sorted(entry.get("runtimes", {}).items(), key=lambda kv: kv[1].get("ms") or 1e12):
+            db = "reference" if name == "tensorflow" else (f"{m['db']} dB" if m.get("db") is not None else "? dB")
+            mark = "  <- auto" if name == choice else ""
+            lines.append(f"  {name:12s} {m.get('ms')} ms  {db}{mark}")
+    return "\n".join(lines)
