@@ -25,13 +25,13 @@ install: $(VENV)/.installed  ## create .venv and install the package with its te
 test: $(VENV)/.installed browser  ## run the default test suite (slow tests excluded)
 	$(PY) -m pytest -m "not slow" -q --durations=15 $(PYTEST_ARGS)
 
-# tests/test_app.py drives Debian's chromium headless; installed here when run as root (CI), else the
+# tests/web/test_app.py drives Debian's chromium headless; installed here when run as root (CI), else the
 # test skips and says why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's chromium for the page test"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
-	else echo "note: no chromium; tests/test_app.py's browser test will skip (apt-get install chromium)"; fi; }
+	else echo "note: no chromium; tests/web/test_app.py's browser test will skip (apt-get install chromium)"; fi; }
 
 app: $(VENV)/.installed  ## a local page to try a model: http://127.0.0.1:7860/ (ARGS="--model=PATH --port=N")
 	$(PY) -m anime_gan.app $(ARGS)
@@ -46,7 +46,7 @@ test-all: $(VENV)/.installed  ## run every test, slow ones included
 # other ones (`make test` runs the default kernels). One configuration per word; join variables with
 # commas. tools/golden_spread.py measures the spread these and other configurations cause.
 KERNEL_CONFIGS ?= TF_ENABLE_ONEDNN_OPTS=0 ONEDNN_MAX_CPU_ISA=AVX2
-EXACTNESS_TESTS ?= tests/test_generator.py -k "not mixed_precision and not bfloat16"
+EXACTNESS_TESTS ?= tests/nets/test_generator.py -k "not mixed_precision and not bfloat16"
 test-kernels: $(VENV)/.installed  ## the exactness tests again with oneDNN off, then oneDNN capped at AVX2 (CI)
 	@set -e; for cfg in $(KERNEL_CONFIGS); do \
 	  echo "== exactness tests under $$cfg"; \
@@ -78,4 +78,4 @@ TORCH_PACKAGE ?= torch==2.13.*
 .PHONY: test-torch
 test-torch: $(VENV)/.installed  ## the PyTorch-port weight tests (installs torch into .venv if missing)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet '$(TORCH_PACKAGE)'
-	$(PY) -m pytest -q -m "not slow" tests/test_torch_weights.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" tests/weights/test_torch_weights.py $(PYTEST_ARGS)

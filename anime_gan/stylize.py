@@ -126,6 +126,4 @@ sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
-    from anime_gan import cli
-
     cli.run(main, define_flags)

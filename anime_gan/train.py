@@ -100,5 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from anime_gan import cli
     cli.run(main, define_flags)

@@ -23,7 +23,7 @@ LARGE_PIXELS = 4096 * 4096
 # twice the default inference max side (anime_gan.constants.DEFAULT_MAX_SIDE = 4096) on each side and
 # far above the 256² training crops. Decoding costs about 6-12 bytes a pixel (uint8 RGB + gray, then
 # the float32 resize): ~0.8 GB at the cap, while one 20000² PNG (1.2 MB on disk) peaked at 2.4 GB in
-# data_prep and 4.8 GB in the training pipeline's build (tests/test_data_faults.py, cap lifted). Every
+# data_prep and 4.8 GB in the training pipeline's build (tests/dataprep/test_data_faults.py, cap lifted). Every
 # reader of training images goes through `sniff`, so this one cap covers data_prep (report,
 # smoothing) and the tf.data pipeline.
 MAX_IMAGE_PIXELS = 8192 * 8192

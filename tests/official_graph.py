@@ -4,6 +4,8 @@ This is our ground truth: tests and benchmarks compare our Keras Generator again
 lives in its own `tf.Graph` and `tf.compat.v1.Session`, so the rest of the process stays eager.
 `OFFICIAL_META` is where the graph is found: the project's shared folder (../shared beside the
 clone, or $ANIME_GAN_SHARED), absent from a user's clone, where tests that need it are skipped.
+`CROSS_KERNEL_MAX_ABS` / `CROSS_KERNEL_MEAN_ABS` bound how far the generator may differ from the graph's
+numbers when other kernels compute them (another CPU, batch size or oneDNN setting; the comment at them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,26 @@ from anime_gan import constants as C
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("ANIME_GAN_SHARED", REPO.parent / "shared"))
 OFFICIAL_META = SHARED / "reference" / "official_hayao_generator" / "Hayao-60.ckpt.meta"
+
+# Across kernels (another CPU, oneDNN on/off, another ISA, another batch size) float32 convolutions
+# sum in another order. The spread that kernel choice alone causes, measured with
+#   .venv/bin/python tools/golden_spread.py
+# on an Intel Xeon (AVX-512 + AMX, 2 cores) against the golden file written on an AMD CPU, over
+# 11 configurations (default; TF_ENABLE_ONEDNN_OPTS=0; ONEDNN_MAX_CPU_ISA=AVX512_CORE, AVX2, AVX,
+# SSE41; TF_NUM_INTRAOP_THREADS=1/2/4, with oneDNN on and off) and the golden sizes, a batch of 3
+# and 256x256:
+#   max |ours - golden|           2.9e-5..4.2e-5 single images, 5.3e-5 worst (batch, AVX cap);
+#                                 3.4e-5 with the default kernels: the AMD vs Intel difference itself
+#   max |ours(a) - ours(b)|       5.25e-5 worst pair (default vs ONEDNN_MAX_CPU_ISA=AVX)
+#   official graph, batch of 3 vs its images one by one: 0 by default and with oneDNN off,
+#                                 4.3e-5 (5.2e-5 for the batch of 3 x 64 x 96 of tests/nets/test_generator.py)
+#                                 with the AVX2 cap
+#   mean |ours - golden|          3.3e-6..5.0e-6
+# The bounds are about 4x the worst measured figure, rounded up. A real bug still fails them
+# (tests/nets/test_generator.py, test_golden_bounds_fail_a_wrong_epsilon_and_zero_padding): instance norm
+# epsilon 1e-3 gives max 0.094..0.117 / mean 1.0e-2 (470x / 500x the bounds), zero padding max 1.9 / mean 0.40.
+CROSS_KERNEL_MAX_ABS = 2e-4  # 3.8x the worst 5.27e-5
+CROSS_KERNEL_MEAN_ABS = 2e-5  # 4.0x the worst 4.95e-6
 
 
 def random_official_weights(shapes, seed):

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from stylize_helpers import ENV, REPO
+from helpers import ENV, REPO
 
 
 def run_command(body, module="data_prep.console", run="console.run(main, user_errors=(ValueError,), "

@@ -6,6 +6,9 @@ weights). Weight mapping (docs/original.md): conv weights are named after the op
 each conv op's input 1 loses its last name part to give the official scope; OHWI (depthwise 1HWC)
 becomes HWIO (HWC1); real = scale * (q - zero_point) per output channel. The conv ops' own bias
 inputs are int32 zeros borrowed from other layers; only the depthwise biases are real.
+
+Also `tf1_reference_graph`: the v2 generator as TF1 code builds it, written from docs/original.md
+(not from our layers), with seeded weights, for the official-layout checkpoint tests.
 """
 
 from __future__ import annotations
@@ -120,3 +123,92 @@ def photos(size=256, names=PHOTO_NAMES):
         crop = bgr[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
         images.append(cv2.cvtColor(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
     return images
+
+
+# ---- a TF1-style v2 graph written from docs/original.md ------------------------------------------
+def tf1_reference_graph(seed):
+    """The v2 generator as TF1 code builds it, from the facts (not from our layers): seeded variables
+    of the official names and shapes, REFLECT pads, VALID convs, contrib layer norm, legacy resize.
+    Returns (session, saver, input placeholder, output tensor)."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    rng = np.random.default_rng(seed)
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, None, None, 3], name="generator_input")
+
+        def var(name, shape, kind="weights"):
+            if kind == "gamma":
+                value = 1 + 0.1 * rng.standard_normal(shape)
+            elif kind in ("beta", "bias"):
+                value = 0.1 * rng.standard_normal(shape)
+            else:
+                value = rng.standard_normal(shape) * np.sqrt(2.6 / np.prod(shape[:-1]))
+            return v1.get_variable(name, initializer=tf.constant(value.astype(np.float32)))
+
+        def ln(h, scope):
+            with v1.variable_scope(scope):
+                c = h.shape[-1]
+                gamma, beta = var("gamma", [c], "gamma"), var("beta", [c], "beta")
+            mean, variance = tf.nn.moments(h, [1, 2, 3], keepdims=True)
+            return tf.nn.batch_normalization(h, mean, variance, beta, gamma, 1e-12)
+
+        counters = {}
+
+        def cnl(h, filters, k=3, s=1):
+            n = counters.get(v1.get_variable_scope().name, 0)
+            counters[v1.get_variable_scope().name] = n + 1
+            suffix = f"_{n}" if n else ""
+            if s == 2:
+                h = tf.pad(h, [[0, 0], [0, 1], [0, 1], [0, 0]], mode="REFLECT")
+            elif k > 1:
+                p = (k - 1) // 2
+                h = tf.pad(h, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+            with v1.variable_scope("Conv" + suffix):
+                w = var("weights", [k, k, h.shape[-1], filters])
+            h = tf.nn.conv2d(h, w, [1, s, s, 1], "VALID")
+            return tf.nn.leaky_relu(ln(h, "LayerNorm" + suffix), 0.2)
+
+        def irb(h, name):
+            cin = h.shape[-1]
+            with v1.variable_scope(name):
+                r = cnl(h, 2 * cin, k=1)
+                r = tf.pad(r, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+                with v1.variable_scope(name):
+                    w, b = var("w", [3, 3, 2 * cin, 1]), var("bias", [2 * cin], "bias")
+                r = tf.nn.bias_add(tf.nn.depthwise_conv2d(r, w, [1, 1, 1, 1], "VALID"), b)
+                r = tf.nn.leaky_relu(ln(r, "1"), 0.2)
+                with v1.variable_scope("Conv_1"):
+                    w = var("weights", [1, 1, 2 * cin, 256])
+                r = ln(tf.nn.conv2d(r, w, [1, 1, 1, 1], "VALID"), "2")
+            return h + r if cin == 256 else r
+
+        def up(h, filters):
+            shape = tf.shape(h)
+            h = v1.image.resize_bilinear(h, [2 * shape[1], 2 * shape[2]], align_corners=False, half_pixel_centers=False)
+            return cnl(h, filters)
+
+        with v1.variable_scope("generator"), v1.variable_scope("G_MODEL"):
+            with v1.variable_scope("A"):
+                h = cnl(cnl(cnl(x, 32, k=7), 64, s=2), 64)
+            with v1.variable_scope("B"):
+                h = cnl(cnl(h, 128, s=2), 128)
+            with v1.variable_scope("C"):
+                h = cnl(h, 128)
+                for i in range(1, 5):
+                    h = irb(h, f"r{i}")
+                h = cnl(h, 128)
+            with v1.variable_scope("D"):
+                h = cnl(up(h, 128), 128)
+            with v1.variable_scope("E"):
+                h = cnl(cnl(up(h, 64), 64), 32, k=7)
+            with v1.variable_scope("out_layer"):
+                with v1.variable_scope("Conv"):
+                    w = var("weights", [1, 1, 32, 3])
+                y = tf.tanh(tf.nn.conv2d(h, w, [1, 1, 1, 1], "VALID"))
+        init = v1.global_variables_initializer()
+        saver = v1.train.Saver()
+    session = v1.Session(graph=graph)
+    session.run(init)
+    return session, saver, x, y

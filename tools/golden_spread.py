@@ -22,7 +22,7 @@ golden inputs, a batch of three and a 256x256 input, and reports
     .venv/bin/python tools/golden_spread.py            # every configuration (about 3 minutes)
     .venv/bin/python tools/golden_spread.py --quick    # default and TF_ENABLE_ONEDNN_OPTS=0 only
 
-The bounds in tests/test_generator.py (CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS) come from this
+The bounds in tests/official_graph.py (CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS) come from this
 table; docs/development.md's "Tests" section quotes it.
 """
 

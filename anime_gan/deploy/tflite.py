@@ -13,7 +13,7 @@ checked when the file is written (each side at least MIN_SIDE = 8 pixels) and by
 (the converter drops a graph's Asserts).
 
 Precisions (PSNR against our float32 on held-out photos, real AnimeGANv2 Hayao weights, 256 x 256;
-tests/test_export_tflite.py)
+tests/deploy/test_export_tflite.py)
 - "float32": the network as it is (within 1e-4 of `anime_gan.deploy.saved_model.generate` at the same size;
   ~90 dB).
 - "float16": weights stored in float16 (half the file), dequantised once and computed in float32

@@ -94,7 +94,7 @@ def _instance_norm_of_one_bfloat16_image(x, gamma, beta, epsilon):
     One fused kernel (statistics accumulated in float32, one pass to normalise) replaces the seven
     passes of cast, moments and batch_normalization; with it (and b1 in float32, see Generator)
     bfloat16 inference is 1.7-1.8x faster than float32 instead of 1.4x. bfloat16 is not bit-exact anyway (it stays >= 35 dB PSNR
-    from float32, see tests/test_generator.py); float32 never takes this path. The raw op is used
+    from float32, see tests/nets/test_generator.py); float32 never takes this path. The raw op is used
     because the Python wrapper raises epsilon to 1.001e-5, and SepConv's is 1e-6.
     """
     y, *_ = tf.raw_ops.FusedBatchNormV3(

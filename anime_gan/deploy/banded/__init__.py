@@ -19,7 +19,7 @@ How, one module per step:
 
 The result equals the whole-image generator to float32 rounding (the convolutions and sums run in
 another order on a band): within the bounds another kernel configuration gives
-(tests/test_banded.py), at most 1 grey level in uint8. Bands are one image at a time, so a batch
+(tests/deploy/test_banded.py), at most 1 grey level in uint8. Bands are one image at a time, so a batch
 costs no more memory than one image. Heights must be multiples of 4
 (`anime_gan.deploy.saved_model.generate` pads to them); widths may be anything.
 """

@@ -1,5 +1,5 @@
 // The page of `python -m anime_gan.app`: plain JS, no library. body[data-state] is idle | busy | done |
-// error, for people and for tests (tests/test_app.py).
+// error, for people and for tests (tests/web/test_app.py).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
