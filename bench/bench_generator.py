@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from official_graph import OFFICIAL_META
+from references.official_graph import OFFICIAL_META
 from bench.common import interleaved_timings, median_ms
 
 SIZES = [(256, 256), (720, 1280)]  # (height, width)
@@ -60,7 +60,7 @@ def run(repeats=None, quick=False, sizes=None, xla=None, xla_repeats=None):
     sizes = sizes or ([(256, 256)] if quick else SIZES)
     xla = (not quick) if xla is None else xla
     from anime_gan.nets.generator import Generator
-    from official_graph import OfficialGenerator, random_official_weights
+    from references.official_graph import OfficialGenerator, random_official_weights
 
     probe = Generator()
     probe.build()

@@ -32,7 +32,7 @@ def seeded_generators():
     import keras
 
     from anime_gan.nets import Generator, build_generator
-    from official_graph import random_official_weights
+    from references.official_graph import random_official_weights
     from anime_gan.weights import tf1_to_generator
 
     probe = Generator()
@@ -94,7 +94,7 @@ def run(repeats=None, quick=False, sizes=None):
     import gc
 
     from anime_gan.inference import runtimes
-    from official_graph import OFFICIAL_META, OfficialGenerator
+    from references.official_graph import OFFICIAL_META, OfficialGenerator
 
     repeats = repeats or (3 if quick else 5)
     sizes = sizes or ([(256, 256)] if quick else SIZES)

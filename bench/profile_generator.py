@@ -86,7 +86,7 @@ def main(argv):
     import tensorflow as tf
 
     from anime_gan.nets import Generator, build_generator
-    from official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
+    from references.official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
     from anime_gan.weights import tf1_to_generator
 
     try:

@@ -190,7 +190,7 @@ def main(argv):
 
     # TensorFlow context (the targets are ratios to the official graph).
     context = {}
-    from official_graph import OFFICIAL_META, OfficialGenerator
+    from references.official_graph import OFFICIAL_META, OfficialGenerator
 
     if OFFICIAL_META.exists():
         official = OfficialGenerator(OFFICIAL_META)

@@ -7,11 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session")
 def official_meta():
-    """Path of the official generator graph; skips where ../shared is absent (a user's clone)."""
-    from official_graph import OFFICIAL_META
+    """Path of the official generator graph; skips where the maintainers' reference files are absent (a user's clone)."""
+    from references.official_graph import OFFICIAL_META
 
     if not OFFICIAL_META.exists():
-        pytest.skip(f"official generator graph not found at {OFFICIAL_META} (../shared is not beside this clone)")
+        pytest.skip(f"official generator graph not found at {OFFICIAL_META} (the maintainers' reference files are not beside this clone; see references/__init__.py)")
     return OFFICIAL_META
 
 

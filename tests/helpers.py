@@ -77,7 +77,7 @@ def max_diff(a, b):
 def seeded_generator(seed):
     """A Generator with seeded random weights in which every gamma and beta matters."""
     from anime_gan.nets.generator import Generator
-    from official_graph import random_official_weights
+    from references.official_graph import random_official_weights
     from anime_gan.weights import tf1_to_generator
 
     g = Generator()

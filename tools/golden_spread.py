@@ -10,7 +10,7 @@ golden inputs, a batch of three and a 256x256 input, and reports
 
   - max and mean |ours - golden output| per golden size (the batch's first image is the golden
     64x96 input, so it is checked against the 64x96 golden output too);
-  - where ../shared holds the official graph: max |ours - official| in the same process (the strict
+  - where the maintainers' reference files hold the official graph: max |ours - official| in the same process (the strict
     test, expected 0; the batch against the official graph fed the same batch), max |official -
     golden| (the official graph itself on this machine) and, for the official graph alone, a batch
     of three against its images run one by one (oneDNN may pick other kernels for batch 1);
@@ -22,7 +22,7 @@ golden inputs, a batch of three and a 256x256 input, and reports
     .venv/bin/python tools/golden_spread.py            # every configuration (about 3 minutes)
     .venv/bin/python tools/golden_spread.py --quick    # default and TF_ENABLE_ONEDNN_OPTS=0 only
 
-The bounds in tests/official_graph.py (CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS) come from this
+The bounds in references/official_graph.py (CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS) come from this
 table; docs/development.md's "Tests" section quotes it.
 """
 
@@ -92,10 +92,10 @@ def worker(out_path, variant=None):
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
 
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # official_graph is a test helper
+    sys.path.insert(0, str(REPO))  # the package and references/
     from anime_gan.nets.generator import Generator
     from anime_gan.nets.layers import InstanceNorm
-    from official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
+    from references.official_graph import OFFICIAL_META, OfficialGenerator, random_official_weights
     from anime_gan.weights import tf1_to_generator
 
     variant = _wrong(variant) if variant else None
@@ -140,7 +140,7 @@ def _official_on_a_batch(values, x):
     import tensorflow as tf
 
     from anime_gan import constants as C
-    from official_graph import OFFICIAL_META
+    from references.official_graph import OFFICIAL_META
 
     graph = tf.Graph()
     with graph.as_default():

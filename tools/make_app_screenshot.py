@@ -3,7 +3,7 @@
 usage: .venv/bin/python tools/make_app_screenshot.py [--output=docs/app.png] [--photo=chelsea] [--width=1280]
 
 Writes the official AnimeGANv2 Hayao weights (the maintainers' full-integer TFLite conversion read by
-tests/v2_reference.py, dequantised; see tools/make_docs_pictures.py) as generator.weights.h5 in a
+references/v2_reference.py, dequantised; see tools/make_docs_pictures.py) as generator.weights.h5 in a
 temporary folder's checkpoints/hayao-v2 (where `python -m anime_gan.pretrained download hayao-v2` puts
 them), starts `python -m anime_gan.app --model=checkpoints/hayao-v2` there on 127.0.0.1, drives the page in Debian's headless Chromium (/usr/bin/chromium, or $CHROMIUM) through
 Playwright, uploads a scikit-image sample photo, waits for the result and screenshots the whole page.

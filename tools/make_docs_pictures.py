@@ -5,7 +5,7 @@ usage: .venv/bin/python tools/make_docs_pictures.py [--output=docs/before_after.
 Builds the AnimeGANv2 generator, loads the official Hayao weights into it, runs it in float32 on
 three real photos shipped with scikit-image (astronaut, coffee, chelsea) and writes one PNG: the
 photos in the top row, their stylized versions below. The weights come from the maintainers'
-full-integer TFLite conversion of the official Hayao generator (read by tests/v2_reference.py),
+full-integer TFLite conversion of the official Hayao generator (read by references/v2_reference.py),
 dequantised; `python -m anime_gan.pretrained download hayao-v2` fetches the original checkpoint.
 Only the picture is committed, never the model.
 """
@@ -20,7 +20,6 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 PHOTOS = ("astronaut", "coffee", "chelsea")  # functions of skimage.data
 GAP = 6  # white pixels between the cells
@@ -28,7 +27,7 @@ GAP = 6  # white pixels between the cells
 
 def hayao_v2_generator():
     """The AnimeGANv2 generator (float32) holding the official Hayao weights of the reference."""
-    import v2_reference as R
+    from references import v2_reference as R
 
     from anime_gan.nets import build_generator
 

@@ -4,7 +4,7 @@ The reference is the generator itself, run whole in the same process. The banded
 with the same whole-image statistics, merged over bands, and computes every row from the same
 inputs; only the order of float32 sums differs (convolutions on a band, statistics band by band),
 so it must agree as closely as another kernel configuration does (the bounds of
-tests/official_graph.py) and to at most 1 grey level in uint8. Small images with 3-row bands force
+references/official_graph.py) and to at most 1 grey level in uint8. Small images with 3-row bands force
 many bands and halos wider than a band; an even height and an odd width, and odd sizes through the
 serving path (padded to multiples of 4).
 """
@@ -22,7 +22,7 @@ from anime_gan.deploy import banded
 from anime_gan.image_io import images_to_unit_range
 from anime_gan.deploy.saved_model import generate
 from helpers import ENV, REPO, max_diff, seeded_generator, textured, to_uint8
-from official_graph import CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS
+from references.official_graph import CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS
 
 # The bound the slow test asserts on the peak RSS of one 4096x4095 request with the default budget:
 # measured 6506 MB here and 6593 MB with tools/measure_inference_memory.py (7022 MB at 3584^2, the

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import v2_reference as R
+from references import v2_reference as R
 from anime_gan.deploy import tflite as E
 from anime_gan.errors import ConfigError, ModelError, UserError
 from anime_gan.nets import build_generator

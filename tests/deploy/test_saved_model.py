@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from anime_gan.nets.generator import Generator
-from official_graph import OfficialGenerator
+from references.official_graph import OfficialGenerator
 from anime_gan.deploy.saved_model import StylizeModule, export_saved_model
 from helpers import ENV, REPO, black_png, header_only_png, max_diff, reference_stylize, seeded_generator, textured, to_uint8
 

@@ -166,7 +166,7 @@ def test_python_api_keeps_size_and_matches_the_generator(generator, weights_dir)
 
 
 def test_model_may_be_a_saved_model_or_a_tf1_checkpoint(generator, weights_dir, tmp_path, official_meta):
-    from official_graph import OfficialGenerator
+    from references.official_graph import OfficialGenerator
     from anime_gan.deploy.saved_model import export_saved_model
     from anime_gan.inference import load_model
     from anime_gan.weights import generator_to_tf1

@@ -12,7 +12,7 @@ from anime_gan.nets import build_generator
 from anime_gan import constants as C
 from anime_gan.nets import layers
 from anime_gan.nets.layers import InstanceNorm
-from official_graph import CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS, OfficialGenerator, random_official_weights
+from references.official_graph import CROSS_KERNEL_MAX_ABS, CROSS_KERNEL_MEAN_ABS, OfficialGenerator, random_official_weights
 from anime_gan.weights import convert_checkpoint, load_generator, tf1_to_generator
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "anime_gan/golden/official_generator.npz"
@@ -133,11 +133,11 @@ def _golden_differences(g, golden):
 def test_golden_vectors_from_the_official_graph():
     """Outputs the official graph produced on another machine (tools/make_golden.py, on an AMD CPU).
 
-    Works in a clone without ../shared. A stored float32 output can only be matched to within the
+    Works in a clone without the maintainers' reference files. A stored float32 output can only be matched to within the
     spread that kernel choice causes, not bit for bit: on an Intel Xeon 3.4e-5 with the default
     kernels, 5.3e-5 at worst over the configurations measured by tools/golden_spread.py. The bounds
     (CROSS_KERNEL_MAX_ABS = 2e-4, CROSS_KERNEL_MEAN_ABS = 2e-5) are ~4x those figures; see their
-    comment in tests/official_graph.py. The strict check is test_equals_official_graph (same process).
+    comment in references/official_graph.py. The strict check is test_equals_official_graph (same process).
     """
     g, golden = _golden_generator()
     for size, (max_abs, mean_abs) in _golden_differences(g, golden).items():

@@ -1,5 +1,5 @@
 """The AnimeGANv2 generator: structure, and numbers against the real trained Hayao reference of
-../shared (a full-integer TFLite conversion of the official weights; tests/v2_reference.py)."""
+the maintainers' reference files (a full-integer TFLite conversion of the official weights; references/v2_reference.py)."""
 
 import os
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import v2_reference as R
+from references import v2_reference as R
 from anime_gan import constants as C
 from anime_gan.nets import layers
 from anime_gan.nets.generator_v2 import GeneratorV2
@@ -239,7 +239,7 @@ def test_layer_norm_with_the_graphs_own_statistics(traced):
     assert max(errors) <= 0.5, errors
 
 
-# ---- an official-layout v2 TF1 checkpoint, against a TF1-style reference graph (tests/v2_reference.py)
+# ---- an official-layout v2 TF1 checkpoint, against a TF1-style reference graph (references/v2_reference.py)
 def test_official_layout_v2_checkpoint_converts_and_matches_a_tf1_reference_graph(tmp_path):
     from anime_gan.weights import convert_checkpoint, load_generator, read_tf1_checkpoint
 

@@ -2,7 +2,7 @@
 and bad uploads (the command line's own sentences), a video with its progress, and the page itself
 driven in headless Chromium (Debian's /usr/bin/chromium through Playwright; no browser is downloaded):
 upload, result, download, error, a second upload. With the maintainers' AnimeGANv2 reference
-(tests/v2_reference.py), a screenshot of the page with a real result is written to a temporary folder
+(references/v2_reference.py), a screenshot of the page with a real result is written to a temporary folder
 (and copied to /tmp/app_screenshot.png); tools/make_app_screenshot.py makes docs/app.png."""
 
 import base64
@@ -344,7 +344,7 @@ def test_page_upload_download_error_and_upload_again(server, browser, stylizer, 
 
 
 def test_screenshot_with_the_v2_reference_weights(browser, tmp_path, tmp_path_factory, empty_dir):
-    import v2_reference as R
+    from references import v2_reference as R
 
     if not os.path.isfile(R.REFERENCE_V2):
         pytest.skip(R.SKIP_REASON)

@@ -77,7 +77,7 @@ def one_sentence(message):
 @pytest.fixture(scope="module")
 def v2_official(tmp_path_factory):
     """The official v2 layout written by TF1 code (Saver), its files, an image and the TF1 output on it."""
-    from v2_reference import tf1_reference_graph
+    from references.v2_reference import tf1_reference_graph
 
     session, saver, x, y = tf1_reference_graph(seed=13)
     image = np.random.default_rng(1).uniform(-1, 1, (1, 64, 96, 3)).astype(np.float32)
@@ -273,7 +273,7 @@ def test_a_wrong_download_is_refused_and_nothing_is_installed(at, serve, v2_offi
 
 
 def test_v1_release_zip_converts_and_a_foreign_folder_needs_force(at, serve, official_meta):
-    from official_graph import OfficialGenerator
+    from references.official_graph import OfficialGenerator
     from anime_gan.weights import load_generator
 
     og = OfficialGenerator(official_meta)
@@ -356,7 +356,7 @@ def test_the_commands_download_then_stylize_by_name(at, serve, v2_official):
                      "--output=served.png")
     assert served.returncode == 0, served.stderr
     # Against the TF1 graph on the same photo (computed in this process).
-    from v2_reference import tf1_reference_graph
+    from references.v2_reference import tf1_reference_graph
 
     session, saver, x, y = tf1_reference_graph(seed=13)
     with session:

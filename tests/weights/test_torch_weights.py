@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import v2_reference as R
+from references import v2_reference as R
 
 from anime_gan import constants as C
 from anime_gan.errors import ModelError, PathNotFoundError

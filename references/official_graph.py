@@ -2,25 +2,21 @@
 
 This is our ground truth: tests and benchmarks compare our Keras Generator against it. The graph
 lives in its own `tf.Graph` and `tf.compat.v1.Session`, so the rest of the process stays eager.
-`OFFICIAL_META` is where the graph is found: the project's shared folder (../shared beside the
-clone, or $ANIME_GAN_SHARED), absent from a user's clone, where tests that need it are skipped.
+`OFFICIAL_META` is where the graph is found, among the maintainers' reference files (`references.REFERENCES`),
+absent from a user's clone, where tests that need it are skipped.
 `CROSS_KERNEL_MAX_ABS` / `CROSS_KERNEL_MEAN_ABS` bound how far the generator may differ from the graph's
 numbers when other kernels compute them (another CPU, batch size or oneDNN setting; the comment at them).
 """
 
 from __future__ import annotations
 
-import os
-import pathlib
-
 import numpy as np
 import tensorflow as tf
 
 from anime_gan import constants as C
+from references import REFERENCES
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("ANIME_GAN_SHARED", REPO.parent / "shared"))
-OFFICIAL_META = SHARED / "reference" / "official_hayao_generator" / "Hayao-60.ckpt.meta"
+OFFICIAL_META = REFERENCES / "official_hayao_generator" / "Hayao-60.ckpt.meta"
 
 # Across kernels (another CPU, oneDNN on/off, another ISA, another batch size) float32 convolutions
 # sum in another order. The spread that kernel choice alone causes, measured with

@@ -1,4 +1,4 @@
-"""The AnimeGANv2 Hayao reference of ../shared (a full-integer TFLite conversion of the official
+"""The AnimeGANv2 Hayao reference among the maintainers' reference files (a full-integer TFLite conversion of the official
 generator): its weights dequantised under their official names, and its interpreter.
 
 Read only by tests; the file itself is never copied into the project (its README: non-commercial
@@ -17,10 +17,11 @@ import os
 
 import numpy as np
 
-SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
-REFERENCE_V2 = os.path.join(SHARED, "reference", "animeganv2_hayao_int8", "animeganv2_hayao_256x256_integer_quant.tflite")
+from references import REFERENCES
+
+REFERENCE_V2 = str(REFERENCES / "animeganv2_hayao_int8" / "animeganv2_hayao_256x256_integer_quant.tflite")
 SCOPE = "generator/G_MODEL/"
-SKIP_REASON = f"the AnimeGANv2 reference ({REFERENCE_V2}) is not here (it lives in the maintainers' ../shared)"
+SKIP_REASON = f"the AnimeGANv2 reference ({REFERENCE_V2}) is not here (a maintainers' reference file, kept beside the repository; see references/__init__.py)"
 
 
 def interpreter(preserve_all_tensors=False):
