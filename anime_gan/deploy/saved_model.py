@@ -42,6 +42,7 @@ from anime_gan.constants import DEFAULT_MAX_SIDE, MIN_SIDE
 from anime_gan.deploy.banded import DEFAULT_MEMORY_BUDGET, MemoryBoundedGenerator, memory_bounded
 from anime_gan.errors import ConfigError, OutputExistsError
 from anime_gan.image_io import images_to_unit_range, unit_range_to_images
+from anime_gan.nets import build_generator
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "stylize_bytes"
@@ -202,8 +203,6 @@ def float32_generator(generator):
         generator.build()
     if generator.compute_dtype == "float32":
         return generator
-    from anime_gan.nets import build_generator
-
     clone = build_generator("float32", arch=generator.arch, **generator.options())
     clone.set_weights(generator.get_weights())
     return clone

@@ -227,18 +227,18 @@ def write_tflite(generator, path, precision="float32", calibration_images=None, 
     """Write `generator` as a TFLite file of a fixed size; returns the path.
 
     precision: one of TFLITE_PRECISIONS (see the module docstring); calibration_images: uint8 [H, W, 3] RGB
-    photos, needed for "int8" (centre-cropped and resized to the model's size). height, width: the
+    photos, needed for "int8_full" (centre-cropped and resized to the model's size). height, width: the
     model's input size (default 256 x 256). The file is written beside `path` and renamed into place,
     so an existing file there is replaced only by a complete one. The generator's arch, options,
     the precision and the size are stored in the file's `anime_gan` metadata (`read_metadata`).
     """
-    from anime_gan.deploy.saved_model import float32_generator  # TensorFlow: not when only running a file
-
     if precision not in C.TFLITE_PRECISIONS:
         raise ConfigError(f"unknown TFLite precision {precision!r}; choose one of {', '.join(C.TFLITE_PRECISIONS)}.")
     if reflect_pad not in REFLECT_PADS:
         raise ConfigError(f"unknown reflect_pad {reflect_pad!r}; choose one of {', '.join(REFLECT_PADS)}.")
     height, width = _size(height, width)
+    from anime_gan.deploy.saved_model import float32_generator  # TensorFlow: not when only running a file
+
     generator = float32_generator(generator)
     concrete = frozen_function(generator, height, width, reflect_pad, full_integer=precision == "int8_full")
     model_bytes = convert_to_tflite(concrete, precision, calibration_images, height, width)

@@ -27,20 +27,17 @@ costs no more memory than one image. Heights must be multiples of 4
 from anime_gan.deploy.banded.bounded import (
     BAND_WORKING_BYTES,
     DEFAULT_MEMORY_BUDGET,
-    DEFAULT_TIER_FRACTIONS,
     OVERHEAD_BYTES_PER_PIXEL,
     PLANNING_FRACTION,
-    WHOLE_IMAGE_BYTES_PER_PIXEL,
     MemoryBoundedGenerator,
     memory_bounded,
 )
-from anime_gan.deploy.banded.executor import BandedExecutor, MapSizes, band_moments, for_each_image, merge_moments
-from anime_gan.deploy.banded.plan import DEFAULT_BAND_BYTES, MIN_BAND_ROWS, Pass, Plan, make_plan
-from anime_gan.deploy.banded.program import BLOCK_EMITTERS, PROGRAM_BUILDERS, Program, program_of
+from anime_gan.deploy.banded.executor import BandedExecutor, band_moments, for_each_image, merge_moments
+from anime_gan.deploy.banded.plan import DEFAULT_BAND_BYTES, make_plan
+from anime_gan.deploy.banded.program import program_of
 
 __all__ = [
-    "BAND_WORKING_BYTES", "DEFAULT_BAND_BYTES", "DEFAULT_MEMORY_BUDGET", "DEFAULT_TIER_FRACTIONS", "MIN_BAND_ROWS",
-    "OVERHEAD_BYTES_PER_PIXEL", "PLANNING_FRACTION", "WHOLE_IMAGE_BYTES_PER_PIXEL",
-    "BLOCK_EMITTERS", "PROGRAM_BUILDERS", "BandedExecutor", "MapSizes", "MemoryBoundedGenerator", "Pass", "Plan",
-    "Program", "band_moments", "for_each_image", "make_plan", "memory_bounded", "merge_moments", "program_of",
+    "BAND_WORKING_BYTES", "DEFAULT_BAND_BYTES", "DEFAULT_MEMORY_BUDGET", "OVERHEAD_BYTES_PER_PIXEL",
+    "PLANNING_FRACTION", "BandedExecutor", "MemoryBoundedGenerator", "band_moments", "for_each_image", "make_plan",
+    "memory_bounded", "merge_moments", "program_of",
 ]

@@ -14,12 +14,16 @@ import tensorflow as tf
 from anime_gan import constants as C
 from anime_gan.deploy.banded.ops import affine, const, slice_rows
 from anime_gan.nets.layers import (
+    ConvLayerNormLReLU,
     ConvNormLReLU,
     DownConv,
     InvertedResBlock,
+    InvertedResBlockV2,
     SepConvNormLReLU,
     UpConv,
+    UpsampleV2,
     legacy_resize_bilinear,
+    v2_padding,
 )
 
 FLOAT_BYTES = 4
@@ -300,19 +304,8 @@ def _emit_inverted_res_block(p, name, layer, x):
     return p.add(f"{name}/add", h, x)
 
 
-BLOCK_EMITTERS = {
-    ConvNormLReLU: _emit_conv_norm_lrelu,
-    SepConvNormLReLU: _emit_sepconv,
-    DownConv: _emit_down_conv,
-    UpConv: _emit_up_conv,
-    InvertedResBlock: _emit_inverted_res_block,
-}
-
-
 def _emit_v2_cnl(p, name, layer, x):
     """`ConvLayerNormLReLU.call`: reflect pad (`v2_padding`), conv (stride 1 or 2), layer norm, LeakyReLU."""
-    from anime_gan.nets.layers import v2_padding
-
     k, s = layer.kernel_size, layer.strides
     kernel = _raw(layer.kernel)
     conv = p.conv(f"{name}/conv", x, layer.filters, _conv2d(kernel, s), kernel=k, stride=s, pad=v2_padding(k, s),
@@ -340,14 +333,17 @@ def _emit_v2_upsample(p, name, layer, x):
     return _emit_v2_cnl(p, f"{name}/conv", layer.conv, p.resize(f"{name}/resize", x, 2))
 
 
-def _register_v2_emitters():
-    from anime_gan.nets.layers import ConvLayerNormLReLU, InvertedResBlockV2, UpsampleV2
-
-    BLOCK_EMITTERS.update({
-        ConvLayerNormLReLU: _emit_v2_cnl,
-        InvertedResBlockV2: _emit_v2_inverted_res_block,
-        UpsampleV2: _emit_v2_upsample,
-    })
+# Block class -> function(program, name, block, x) -> the block's output node.
+BLOCK_EMITTERS = {
+    ConvNormLReLU: _emit_conv_norm_lrelu,
+    SepConvNormLReLU: _emit_sepconv,
+    DownConv: _emit_down_conv,
+    UpConv: _emit_up_conv,
+    InvertedResBlock: _emit_inverted_res_block,
+    ConvLayerNormLReLU: _emit_v2_cnl,
+    InvertedResBlockV2: _emit_v2_inverted_res_block,
+    UpsampleV2: _emit_v2_upsample,
+}
 
 
 def _scoped_program(generator):
@@ -380,8 +376,6 @@ def program_of(generator):
     arch = generator.arch
     if getattr(generator, "resize", "tf1") != "tf1":
         raise NotImplementedError(f"banded inference runs the TF1 resize, not {generator.resize!r}")
-    if arch == "v2":
-        _register_v2_emitters()
     if arch not in PROGRAM_BUILDERS:
         raise NotImplementedError(f"no banded program for generator architecture {arch!r}")
     return PROGRAM_BUILDERS[arch](generator)
