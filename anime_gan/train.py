@@ -67,9 +67,8 @@ HELP = {
 
 
 def define_flags() -> None:
-    """Defines one flag per TrainConfig field (once; a second call does nothing)."""
-    if "init_epoch" in FLAGS:
-        return
+    """One flag per TrainConfig field; defined only when run as a command, so importing this module never
+    adds global flags."""
     define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
               str: flags.DEFINE_string}
     for field in dataclasses.fields(TrainConfig):

@@ -25,6 +25,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from anime_gan import constants as C
 from anime_gan.constants import checkpoint_number
 from anime_gan.errors import OutputExistsError, TrainingStopped, first_line
 from anime_gan.training.run_logs import LOSS_PLOT_FILE, METRICS_FILE
@@ -236,7 +237,7 @@ def remove_leftovers(cfg) -> list[str]:
         if os.path.exists(os.path.join(cfg.log_dir, name)):
             remove(os.path.join(cfg.log_dir, name))
     epoch_dirs = matching(os.path.join(top, "epochs"), lambda n: True)
-    for directory in [os.path.join(top, "generator"), cfg.sample_dir, *epoch_dirs]:
+    for directory in [os.path.join(top, os.path.dirname(C.RUN_WEIGHTS)), cfg.sample_dir, *epoch_dirs]:
         removed += remove_tmp_files(directory)
     return removed
 

@@ -91,7 +91,7 @@ class SkippedUpdates:
         self.updates = {"G": [0, 0], "D": [0, 0]}  # per net: [skipped, run] in this epoch
 
     @property
-    def in_epoch(self) -> int:
+    def skipped_in_epoch(self) -> int:
         """How many updates were skipped in this epoch."""
         return self.updates["G"][0] + self.updates["D"][0]
 
@@ -111,7 +111,7 @@ class SkippedUpdates:
 
     def report_epoch(self, epoch) -> None:
         """The warning at the end of epoch (1-based) when it skipped updates."""
-        if self.in_epoch:
+        if self.skipped_in_epoch:
             counts = " and ".join(f"{n} of {run} {net} updates" for net, (n, run) in self.updates.items() if n)
             logger.warning(f"Epoch {epoch}: float16 loss scaling skipped {counts}, their scaled gradients "
                            f"having overflowed ({loss_scales(self.model)}).")

@@ -138,7 +138,8 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig, strategy, chief: bool, own_dir: str):
         self.cfg, self.strategy, self.chief, self.own_dir = cfg, strategy, chief, own_dir
-        self.generator_dir = os.path.join(cfg.checkpoint_dir, "generator")
+        self.final_weights = os.path.join(cfg.checkpoint_dir, C.RUN_WEIGHTS)
+        self.generator_dir = os.path.dirname(self.final_weights)
         self.step = self.epoch = self.first_step = 0
         self.good = None  # the newest checkpoint known good: restored after verifying, or written after a finite step
         self.traced = set()  # the phases whose step function this process has already traced
@@ -170,7 +171,7 @@ class TrainingRun:
                 names = ", ".join(os.path.relpath(p, cfg.checkpoint_dir) for p in removed)
                 logger.info(f"Removed what an interrupted run left: {names}.")
         return find_resume_checkpoint(cfg.checkpoint_dir, tidy=self.chief, restart=cfg.restart,
-                                      final_weights=os.path.join(self.generator_dir, C.WEIGHTS_FILENAME))
+                                      final_weights=self.final_weights)
 
     def load_data(self) -> None:
         """The training pipeline, the steps per epoch and (chief) the val images of the sample grids."""
@@ -247,8 +248,8 @@ class TrainingRun:
             losses = self.take_step(phase)
             in_epoch += 1
             postfix = {k: f"{v:.3g}" for k, v in losses.items() if k in LOSSES_SHOWN}
-            if self.skips.in_epoch:
-                postfix["skipped"] = self.skips.in_epoch
+            if self.skips.skipped_in_epoch:
+                postfix["skipped"] = self.skips.skipped_in_epoch
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0 \
@@ -336,7 +337,7 @@ class TrainingRun:
         saved_model = loss_plot = None
         if self.chief:
             trained_now = self.step > self.first_step
-            if trained_now or not os.path.exists(os.path.join(self.generator_dir, C.WEIGHTS_FILENAME)):
+            if trained_now or not os.path.exists(self.final_weights):
                 with self.stop_if_disk_full(self.generator_dir, lambda: remove_tmp_files(self.generator_dir)):
                     save_generator(self.model.generator, self.generator_dir)
             with self.stop_if_disk_full(cfg.log_dir):

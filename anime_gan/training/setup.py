@@ -25,7 +25,7 @@ __all__ = ["UNTRAINED_VGG_WARNING", "build_model", "configure", "is_chief", "mak
 UNTRAINED_VGG_WARNING = (
     "the perceptual VGG19 has RANDOM weights ({source}): content and style losses do not "
     "measure what the paper's do, and the results will not look like AnimeGAN. Put vgg19.npy or Keras' "
-    "VGG19 ImageNet weights in place and pass --vgg_weights (see docs/training.md)."
+    "VGG19 ImageNet weights in place and pass --vgg_weights (see docs/networks.md, Perceptual network)."
 )
 
 
