@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 
-from anime_gan import constants as C
 from anime_gan import image_io
 from anime_gan.errors import ConfigError
 from anime_gan.inference.runtimes import load_model, stylizer_from_generator
@@ -35,7 +34,7 @@ def get_model(model=None):
             _MODELS[key] = load_model(model)
         return _MODELS[key]
     if hasattr(model, "tf1_variable_map"):  # an anime_gan Generator
-        return stylizer_from_generator(model, C.DEFAULT_MAX_SIDE, "Generator")
+        return stylizer_from_generator(model)
     raise TypeError(f"model must be a path, a Generator or a Stylizer, not {type(model).__name__}.")
 
 

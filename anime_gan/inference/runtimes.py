@@ -96,11 +96,11 @@ def load_model(path, max_side=None, runtime="tensorflow"):
     """
     from anime_gan.weights import load_generator, resolve_model
 
+    if runtime not in C.RUNTIMES:
+        raise ConfigError(f"--runtime={runtime} is not one of {', '.join(C.RUNTIMES)}.")
     if is_onnx_path(path):
         return _load_onnx_file(pathlib.Path(os.fspath(path)).expanduser(),
                                "auto" if runtime == "tensorflow" else runtime)
-    if runtime not in C.RUNTIMES:
-        raise ConfigError(f"--runtime={runtime} is not one of {', '.join(C.RUNTIMES)}.")
     if runtime not in ("tensorflow", "auto"):
         require(runtime)
     expanded = pathlib.Path(os.fspath(path)).expanduser()
@@ -114,7 +114,6 @@ def load_model(path, max_side=None, runtime="tensorflow"):
     generator = load_generator(source)
     if runtime == "auto":
         runtime = choose(generator.arch, generator=generator)
-        log.info("--runtime=auto: %s (the fastest float-accurate runtime in %s).", runtime, table_path())
         if runtime == "tensorflow":
             return stylizer_from_generator(generator, cap, str(path))
     onnx_path = cached_onnx(generator) if runtime in ("onnxruntime", "openvino") else None
@@ -122,9 +121,7 @@ def load_model(path, max_side=None, runtime="tensorflow"):
 
 
 def _load_onnx_file(path, runtime):
-    if runtime not in C.RUNTIMES:
-        raise ConfigError(f"--runtime={runtime} is not one of {', '.join(C.RUNTIMES)}.")
-    if runtime in ("tensorflow", "litert"):
+    if runtime == "litert":
         raise ConfigError(f"{path} is an ONNX model: run it with --runtime=onnxruntime, openvino or auto, or "
                           "pass the TensorFlow model it was exported from.")
     if runtime != "auto":
@@ -138,7 +135,6 @@ def _load_onnx_file(path, runtime):
     cap = int(meta.get("max_side", C.DEFAULT_MAX_SIDE))
     if runtime == "auto":
         runtime = choose(meta.get("arch", "v1"), onnx_path=path)
-        log.info("--runtime=auto: %s (the fastest float-accurate runtime in %s).", runtime, table_path())
     return RuntimeStylizer(make_runner(runtime, path), cap, str(path), runtime)
 
 
@@ -207,14 +203,15 @@ def record(arch, measurements, source, path=None, size=None):
     size: "WxH" measured (default the calibration size)."""
     path = pathlib.Path(path or table_path())
     table = read_table(path)
-    table[machine_key(arch)] = {
+    key = machine_key(arch)
+    table[key] = {
         "cpu": cpu_name(), "arch": arch, "versions": versions(), "source": source,
         "size": size or f"{CALIBRATION_SIZE}x{CALIBRATION_SIZE}",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "runtimes": measurements,
     }
     write_bytes(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
-    return table[machine_key(arch)]
+    return table[key]
 
 
 def fastest(entry, candidates=None):
@@ -227,16 +224,25 @@ def fastest(entry, candidates=None):
     return min(timed)[1] if timed else "tensorflow"
 
 
+def _onnx_runtimes():
+    """The installed runtimes that run ONNX files."""
+    return [r for r in ("onnxruntime", "openvino") if installed(r)]
+
+
 def choose(arch, generator=None, onnx_path=None, path=None):
-    """`auto`: the runtime this machine's table says is fastest, measuring it first when absent."""
+    """`auto`: the runtime this machine's table says is fastest, measuring it first when absent (logged)."""
     if onnx_path is not None:
-        candidates = [r for r in ("onnxruntime", "openvino") if installed(r)]
+        candidates = _onnx_runtimes()
     else:
-        candidates = ["tensorflow"] + [r for r in ("onnxruntime", "openvino") if installed(r)]
+        candidates = ["tensorflow"] + _onnx_runtimes()
         if len(candidates) > 1 and not importlib_has("tf2onnx"):
             candidates = ["tensorflow"]
-    if len(candidates) == 1:
-        return candidates[0]
+    runtime = candidates[0] if len(candidates) == 1 else _fastest_measured(arch, candidates, generator, onnx_path, path)
+    log.info("--runtime=auto: %s (the fastest float-accurate runtime in %s).", runtime, path or table_path())
+    return runtime
+
+
+def _fastest_measured(arch, candidates, generator, onnx_path, path):
     entry = read_table(path).get(machine_key(arch))
     if entry is None or not set(candidates) <= set(entry.get("runtimes", {})):
         log.info("no measured runtime table for this machine (%s) in %s: timing %s once on a %dx%d image "
@@ -269,8 +275,8 @@ def _tensorflow_runners(generator):
     from anime_gan.deploy.saved_model import IMAGES_KEY, StylizeModule, float32_generator, generate
     from anime_gan.image_io import images_to_unit_range
 
-    module = StylizeModule(generator)
     g32 = float32_generator(generator)
+    module = StylizeModule(g32)
     return (lambda images: module.serving_default(tf.constant(images))[IMAGES_KEY].numpy(),
             lambda images: generate(g32, images_to_unit_range(images)).numpy())
 
@@ -315,7 +321,7 @@ def calibrate_model(model):
     from anime_gan.weights import load_generator
 
     generator = load_generator(model)
-    candidates = ["tensorflow"] + [r for r in ("onnxruntime", "openvino") if installed(r)]
+    candidates = ["tensorflow"] + _onnx_runtimes()
     return record(generator.arch, calibrate(candidates, generator=generator), "calibration")
 
 
@@ -324,8 +330,9 @@ def format_table(table):
     if not table:
         return f"no runtime measurements yet in {table_path()} (run `make bench` or `--runtime=auto` once)."
     lines = []
+    here_keys = {machine_key("v1"), machine_key("v2")}
     for key, entry in sorted(table.items()):
-        here = key in (machine_key("v1"), machine_key("v2"))
+        here = key in here_keys
         lines.append(f"{key}{'  (this machine)' if here else ''}")
         lines.append(f"  measured by {entry.get('source')} at {entry.get('size')} on {entry.get('date')}")
         choice = fastest(entry, list(entry.get("runtimes", {})))
