@@ -61,6 +61,7 @@ def main(argv):
                              FLAGS.port)
         listed = "; ".join(f"{c.name} ({c.style})" for c in found)
         print(f"models: {listed}", flush=True)
+        page.warn_if_reachable()
         print(f"open {page.url} in a browser (Ctrl-C stops)", flush=True)
         page.serve_until_interrupted()
         print("stopped", flush=True)

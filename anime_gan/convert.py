@@ -41,7 +41,7 @@ def define_flags():
 
 
 def _check_flags(FLAGS):
-    """The flag combinations refused before TensorFlow loads."""
+    """The flag combinations refused before any model code is imported."""
     if FLAGS.tf1_checkpoint and FLAGS.pytorch:
         raise ConfigError("pass one of --tf1_checkpoint and --pytorch, not both.")
     if not FLAGS.tf1_checkpoint and not FLAGS.pytorch:

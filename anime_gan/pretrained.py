@@ -61,7 +61,7 @@ def main(argv):
         raise ConfigError(f"download needs a name; {USAGE}.")
     for name in names:
         catalogue.entry(name)  # every name checked before anything is downloaded
-    # TensorFlow is imported only now, so `list` and a wrong name answer at once.
+    # The model code is imported only now: `list` and a wrong name need none of it.
     from anime_gan.deploy.saved_model import export_saved_model
     from anime_gan.weights.install import download
 

@@ -189,8 +189,7 @@ def create_app(models, work_dir, max_upload_bytes=DEFAULT_UPLOAD_MB * 2**20):
 
 
 class Server:
-    """The app on a werkzeug server in a thread (the command serves it in the main thread). Listening
-    beyond LOCAL_HOSTS is warned of: the page has no login."""
+    """The app on a werkzeug server in a thread (the command serves it in the main thread)."""
 
     def __init__(self, app, host="127.0.0.1", port=DEFAULT_PORT):
         try:
@@ -198,11 +197,14 @@ class Server:
         except OSError as e:
             raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port "
                               "(0 picks a free one) or --host.") from None
-        if host not in LOCAL_HOSTS:
-            log.warning("listening on %s: anyone who can reach this machine can use the page (it has no login).",
-                        host)
         self.host, self.port = host, self.server.server_port
         self._thread = None
+
+    def warn_if_reachable(self):
+        """Logs a warning when listening beyond LOCAL_HOSTS: the page has no login."""
+        if self.host not in LOCAL_HOSTS:
+            log.warning("listening on %s: anyone who can reach this machine can use the page (it has no login).",
+                        self.host)
 
     @property
     def url(self):

@@ -1,7 +1,7 @@
 """Generator weights: from a path or a catalogue name to a ready generator, and back to files.
 
 The door's public names (loaded on first use, so `from anime_gan.weights import catalogue` stays
-TensorFlow-free for the page and `python -m anime_gan.pretrained list`):
+TensorFlow-free to import):
 
 - `load_generator`, `resolve_model`, `ModelSource`, `source_spec`, `convert_checkpoint` (loading:
   every form of constants.MODEL_FORMS);

@@ -239,8 +239,10 @@ def _already_there(folder, name, force, saved_model):
 def download(name, directory=None, force=False, mirror=None, retries=5, backoff=2.0, timeout=60.0,
              progress=True, saved_model=None):
     """Downloads, checks and converts the official weights `name` into DIR/NAME (see the module
-    docstring); returns a Result. `saved_model`: None, or a writer `saved_model(generator, folder)`
-    that also writes DIR/NAME/saved_model/ (e.g. `anime_gan.deploy.saved_model.export_saved_model`).
+    docstring); returns a Result. `saved_model`: None (the default: no SavedModel, as the weights layer
+    never imports deploy), or a writer `saved_model(generator, folder)` that also writes
+    DIR/NAME/saved_model/, as the pretrained command passes
+    `functools.partial(anime_gan.deploy.saved_model.export_saved_model, max_side=...)`.
 
     Errors: ConfigError (unknown name), OutputExistsError (DIR/NAME holds something else: force=True
     replaces it), DataError (the transfer failed: run again to resume; or the size or SHA-256 is
