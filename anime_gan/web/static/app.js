@@ -140,7 +140,7 @@ async function submit(file) {
     if (answer.error) return fail(answer.error);
     if (answer.kind === "video") return await followVideo(id, answer);
     stopTicker();
-    showImage(answer);
+    await showImage(answer, id);
   } catch (e) {
     fail(`the page could not show the answer (${e.message}); reload it and try again.`);
   }
@@ -153,9 +153,14 @@ function fail(message) {
   showError(message);
 }
 
-function showImage(a) {
-  fill("photo_frame", element("img", { src: a.photo, alt: a.name, id: "photo_img" }));
-  fill("result_frame", element("img", { src: a.result, alt: `${a.name}, stylized`, id: "result_img" }));
+async function showImage(a, id) {
+  const photo = element("img", { src: a.photo, alt: a.name, id: "photo_img" });
+  const result = element("img", { src: a.result, alt: `${a.name}, stylized`, id: "result_img" });
+  // "done" means the result is on screen: wait until both pictures are decoded.
+  await Promise.all([photo.decode(), result.decode()]);
+  if (id !== current) return;
+  fill("photo_frame", photo);
+  fill("result_frame", result);
   $("photo_caption").textContent = `${a.name} · ${a.width} × ${a.height}`;
   $("result_caption").textContent = `${a.width} × ${a.height} · ${a.seconds.toFixed(2)} s` +
     (a.model_loaded ? " with the model's loading" : "");
