@@ -239,7 +239,7 @@ def fetch(style: str, source: str, dataset_dir: str, retries: int = 5, sha256: s
     """Download (if `source` is a URL: `URL` or its mirror) and unpack one v2 style archive into
     DATASET/STYLE_v2; returns the written paths (see `download.fetch`: resume, verify, keep_archive)."""
     style_dir = os.path.join(dataset_dir, folder_name(style))
-    report.not_a_folder(style_dir, "--out")
+    report.not_a_folder(style_dir)  # e.g. a file of that name
     return download.fetch(source, dataset_dir, retries=retries, sha256=sha256, keep_archive=keep_archive,
                           progress=progress, backoff=backoff, verify=lambda p: verify(p, dataset_dir),
                           unpack=lambda p, bar, before: unpack(p, style_dir, bar, before))

@@ -14,7 +14,7 @@ import pytest
 
 import data_prep
 from data_prep import download, report, stylesets
-from helpers import ENV, REPO, LocalServer, per_pixel_smooth, tree_digests, v2_style_tar
+from helpers import ENV, REPO, LocalServer, official_zip, per_pixel_smooth, tree_digests, v2_style_tar
 
 # Where the official URL puts Hayao.tar.gz under a mirror of https://github.com.
 MIRROR_PATH = "TachibanaYoshino/AnimeGANv2/releases/download/1.0/Hayao.tar.gz"
@@ -216,3 +216,17 @@ def test_local_archive_is_unpacked_and_kept(tmp_path):
            for p in (tmp_path / "ds" / "Paprika_v2").glob("*/*")}
     assert got == {name[len("Paprika/"):]: data for name, data in members.items()}  # both shipped smooth kept
     assert res.smoothed[0].kept == 2 and res.layout_problems == []  # no count expected for a local file
+
+
+def test_mirror_serves_the_v1_dataset_too(tmp_path):
+    path = download.DATASET_URL[len(download.GITHUB) + 1:]
+    with LocalServer({path: official_zip()}) as server:
+        res = data_prep.prepare(source="official", dataset_dir=str(tmp_path / "ds"), mirror=server.url + "/",
+                                img_size=32, progress=False)
+    assert server.requests == [(path, None)]
+    assert res.layout_problems == [f"{tmp_path / 'ds' / 'train_photo'} holds 5 images, expected 6656"]
+    with pytest.raises(report.DataError) as e:
+        data_prep.prepare(source="official", dataset_dir=str(tmp_path / "ds2"), mirror="mirror.example.org")
+    assert str(e.value) == ("--mirror 'mirror.example.org' is not a URL; pass one such as https://example.org/github "
+                            "(it replaces https://github.com in the download URL).")
+    assert not (tmp_path / "ds2").exists()
