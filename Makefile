@@ -60,7 +60,7 @@ golden: $(VENV)/.installed  ## maintainers: regenerate anime_gan/golden/ (needs 
 clean:  ## remove the virtualenv and caches (keeps dataset/ and checkpoints/)
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-data: $(VENV)/.installed  ## build the training set under dataset/ (offline demo by default; ARGS="--source=PATH_OR_URL")
+data: $(VENV)/.installed  ## build the training set under dataset/ (offline demo by default; ARGS="--source=official", "--source=official-v2 --style=Hayao", "--source=PATH_OR_URL")
 	$(PY) -m data_prep $(ARGS)
 
 train: $(VENV)/.installed  ## the main job: build the demo set if missing, train demo.cfg through both phases

@@ -28,8 +28,10 @@ from data_prep import report
 
 log = logging.getLogger(__name__)
 
+# The official releases live on GitHub; --mirror replaces this prefix (a mirror serves the same paths).
+GITHUB = "https://github.com"
 # The official release of the training set (docs/original.md, "Data").
-DATASET_URL = "https://github.com/TachibanaYoshino/AnimeGAN/releases/download/dataset-1/dataset.zip"
+DATASET_URL = f"{GITHUB}/TachibanaYoshino/AnimeGAN/releases/download/dataset-1/dataset.zip"
 CHUNK = 1 << 20
 # The official release (docs/original.md, "Data"): 6,656 training photos.
 OFFICIAL_COUNTS = {"train_photo": 6656}
@@ -54,6 +56,19 @@ class _Broken(Exception):
 
 def is_url(source: str) -> bool:
     return re.match(r"^[a-z][a-z0-9+.-]*://", source, re.I) is not None
+
+
+def mirrored(url: str, mirror: str | None = None) -> str:
+    """`url` with its https://github.com prefix replaced by `mirror` (unchanged without one).
+
+    DataError (one sentence) when `mirror` is not a URL.
+    """
+    if not mirror:
+        return url
+    if not is_url(mirror):
+        raise report.DataError(f"--mirror {mirror!r} is not a URL; pass one such as https://example.org/github "
+                               f"(it replaces {GITHUB} in the download URL).")
+    return mirror.rstrip("/") + url[len(GITHUB):] if url.startswith(GITHUB + "/") else url
 
 
 def sha256_of(path: str) -> str:
@@ -186,18 +201,24 @@ def _verified(verify, part: str) -> str | None:
         raise
 
 
-def _unsafe_reason(info: zipfile.ZipInfo, out_root: str) -> str | None:
-    name = info.filename.replace("\\", "/")
+def unsafe_path(name: str, out_root: str) -> str | None:
+    """Why the archive member path `name` may not be unpacked under the folder `out_root` (a real
+    path), or None: an absolute path, a `..` part, or a path that resolves outside `out_root`."""
+    name = name.replace("\\", "/")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return "absolute path"
     if ".." in name.split("/"):
         return "path with '..'"
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return "symbolic link"
     target = os.path.realpath(os.path.join(out_root, name))
     if os.path.commonpath([target, out_root]) != out_root:
         return "path outside the output folder"
     return None
+
+
+def _unsafe_reason(info: zipfile.ZipInfo, out_root: str) -> str | None:
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link"
+    return unsafe_path(info.filename, out_root)
 
 
 def _layout_prefix(names: list[str]) -> str:
@@ -209,14 +230,15 @@ def _layout_prefix(names: list[str]) -> str:
     return ""
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """A byte count for a message: "512 bytes", "1.5 MB" (powers of 1000)."""
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
 
 
-def _free_bytes(path: str) -> int:
+def free_bytes(path: str) -> int:
     """Free space on the file system that holds `path` (or would, once created)."""
     while not os.path.exists(path):
         parent = os.path.dirname(path)
@@ -244,15 +266,15 @@ def check_expansion(zf: zipfile.ZipFile, zip_path: str, out_dir: str, max_total:
         total += info.file_size
         if info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
             raise report.DataError(
-                f"{zip_path} holds the member {info.filename!r} that expands from {_human(info.compress_size)} "
-                f"to {_human(info.file_size)} ({info.file_size / max(info.compress_size, 1):.0f}:1, above the "
+                f"{zip_path} holds the member {info.filename!r} that expands from {human_bytes(info.compress_size)} "
+                f"to {human_bytes(info.file_size)} ({info.file_size / max(info.compress_size, 1):.0f}:1, above the "
                 f"{max_ratio:.0f}:1 limit for images, like a zip bomb); {fix}.")
     if total > max_total:
-        raise report.DataError(f"{zip_path} would expand to {_human(total)}, above the limit of "
-                               f"{_human(max_total)} (download.MAX_UNPACKED_BYTES); {fix}.")
-    free = _free_bytes(os.path.abspath(out_dir))
+        raise report.DataError(f"{zip_path} would expand to {human_bytes(total)}, above the limit of "
+                               f"{human_bytes(max_total)} (download.MAX_UNPACKED_BYTES); {fix}.")
+    free = free_bytes(os.path.abspath(out_dir))
     if total > free:
-        raise report.DataError(f"{zip_path} would expand to {_human(total)} but only {_human(free)} are free "
+        raise report.DataError(f"{zip_path} would expand to {human_bytes(total)} but only {human_bytes(free)} are free "
                                f"under {out_dir}; nothing was unpacked, free some space or pass another --out.")
     return total
 
@@ -401,21 +423,24 @@ def verify_layout(dataset_dir: str, styles: list[str] | None = None,
 
 def fetch(source: str, dataset_dir: str, retries: int = 5, sha256: str | None = None,
           keep_archive: bool = False, progress: bool = True, backoff: float = 2.0,
-          before_write=None) -> list[str]:
+          before_write=None, verify=None, unpack=None) -> list[str]:
     """Download (if `source` is a URL) and unpack the dataset archive into `dataset_dir`.
 
-    Returns the unpacked paths. The archive is verified first (`verify_archive`): a downloaded one
-    that is incomplete or damaged is downloaded again, and so is one left on disk by an earlier run;
-    a local `source` that fails is refused. `before_write()` runs after every check passed, before
-    the first write into `dataset_dir`. A downloaded archive is kept only with `keep_archive` (a local
-    `source` file is never removed).
+    Returns the unpacked paths. The archive is verified first (`verify(path)` -> reason or None,
+    default `verify_archive`): a downloaded one that is incomplete or damaged is downloaded again, and
+    so is one left on disk by an earlier run; a local `source` that fails is refused.
+    `unpack(archive, progress, before_write)` (default `safe_extract` into `dataset_dir`) writes;
+    `before_write()` runs after every check passed, before the first write into `dataset_dir`. A
+    downloaded archive is kept only with `keep_archive` (a local `source` file is never removed).
     """
     report.not_a_folder(dataset_dir, "--out")
+    verify = verify or (lambda path: verify_archive(path, dataset_dir))
+    unpack = unpack or (lambda path, bar, before: safe_extract(path, dataset_dir, bar, before_write=before))
     if is_url(source):
         os.makedirs(dataset_dir, exist_ok=True)  # the archive is downloaded into it
         archive = os.path.join(dataset_dir, os.path.basename(source.split("?")[0]) or "dataset.zip")
         if os.path.exists(archive):
-            problem = verify_archive(archive, dataset_dir)
+            problem = verify(archive)
             if problem is None and sha256 and sha256_of(archive).lower() != sha256.lower():
                 problem = f"not the file of SHA-256 {sha256}"
             if problem:
@@ -423,19 +448,20 @@ def fetch(source: str, dataset_dir: str, retries: int = 5, sha256: str | None = 
                 os.remove(archive)
         if not os.path.exists(archive):
             download(source, archive, retries=retries, sha256=sha256, progress=progress, backoff=backoff,
-                     verify=lambda p: verify_archive(p, dataset_dir))
+                     verify=verify)
         downloaded = True
     else:
         if not os.path.isfile(source):
-            raise report.DataError(f"--source {source} is neither 'demo', a URL nor an existing zip file; "
-                                   "pass the path of dataset.zip or its URL.")
+            raise report.DataError(f"--source {source} is neither one of the names --help lists, a URL nor an "
+                                   "existing archive file; pass the path of dataset.zip (or of a v2 style "
+                                   "archive STYLE.tar.gz) or its URL.")
         if sha256 and sha256_of(source).lower() != sha256.lower():
             raise report.DataError(f"The SHA-256 of {source} does not match {sha256}; check the file and --sha256.")
-        problem = verify_archive(source, dataset_dir)
+        problem = verify(source)
         if problem:
             raise report.DataError(f"{source} is {problem}; nothing was unpacked, copy or download it again.")
         archive, downloaded = source, False
-    written = safe_extract(archive, dataset_dir, progress, before_write=before_write)
+    written = unpack(archive, progress, before_write)
     if downloaded and not keep_archive:
         os.remove(archive)
     return written

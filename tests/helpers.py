@@ -13,7 +13,9 @@
   refusal that names the size can only come from the header); `black_png`, a complete, valid RGB PNG
   whose pixels are all black, 1.2 MB on disk and 1.2 GB decoded: what a user might really send.
 - Data preparation inputs: `official_zip` (a small dataset.zip in the official layout),
-  `write_bad_inputs` (one file per kind of bad input) and `SKIPPED` (those of them every reader skips).
+  `v2_style_tar` (a small AnimeGANv2 STYLE.tar.gz), `per_pixel_smooth` (the official edge smoothing,
+  pixel by pixel), `write_bad_inputs` (one file per kind of bad input) and `SKIPPED` (those of them
+  every reader skips).
 - Downloads: `LocalServer`, an HTTP server on 127.0.0.1 serving {path: bytes}, with or without Range
   support and Content-Length, transfers cut off halfway and sizes announced wrongly on request.
 - Videos: `read_video`, a file's (fps, width, height) and its frames in RGB, as OpenCV decodes them.
@@ -254,6 +256,51 @@ def official_zip(top="dataset/", evil=None):
         if evil:
             zf.writestr(evil, b"gotcha")
     return buf.getvalue()
+
+
+def v2_style_tar(style="Hayao", n=3, smoothed=(0,), extra=()):
+    """A small AnimeGANv2 style archive (STYLE.tar.gz) in the release's layout: STYLE/style/0.jpg... (256²
+    frames) and STYLE/smooth/ holding the copies named in `smoothed` (a plain copy, not smoothed: so a
+    test can tell a shipped file from one data_prep made). `extra`: more tarfile.TarInfo members, each
+    a (TarInfo, bytes or None) pair, e.g. a traversal or a link, added last."""
+    import tarfile
+
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+        frames = [_jpeg(rng, 256, 256) for _ in range(n)]
+        for i, data in enumerate(frames):
+            add(f"{style}/style/{i}.jpg", data)
+        for i in smoothed:
+            add(f"{style}/smooth/{i}.jpg", frames[i])
+        for info, data in extra:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def per_pixel_smooth(path, size):
+    """The official edge smoothing, literally: one pixel and one channel at a time, np.sum of window *
+    kernel (BGR uint8, size x size); what data_prep.smoothing must equal byte for byte."""
+    bgr = cv2.imread(str(path))
+    gray = cv2.imread(str(path), 0)
+    bgr = cv2.resize(bgr, (size, size))
+    gray = cv2.resize(gray, (size, size))
+    padded = np.pad(bgr, ((2, 2), (2, 2), (0, 0)), mode="reflect")
+    edges = cv2.Canny(gray, 100, 200)
+    dilated = cv2.dilate(edges, np.ones((5, 5), np.uint8))
+    g = cv2.getGaussianKernel(5, 0)
+    kernel = g * g.transpose(1, 0)
+    out = np.copy(bgr)
+    ys, xs = np.where(dilated != 0)
+    for y, x in zip(ys, xs):
+        for c in range(3):
+            out[y, x, c] = np.sum(np.multiply(padded[y:y + 5, x:x + 5, c], kernel))
+    return out
 
 
 def write_bad_inputs(folder, rng):

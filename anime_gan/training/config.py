@@ -136,10 +136,13 @@ def validate_config(cfg: TrainConfig, require_data: bool = True) -> None:
              f"--vgg_weights file {cfg.vgg_weights} does not exist; pass auto, imagenet, random or an "
              f"existing vgg19.npy / .h5 file.")
     if require_data:
-        from data_prep import report
+        from data_prep import report, stylesets
 
         report.not_a_folder(cfg.dataset_dir, "--dataset_dir")  # a file or a broken link: one sentence
         style_dir = os.path.join(cfg.dataset_dir, cfg.dataset, "style")
+        v2 = [s for s in stylesets.STYLES if stylesets.folder_name(s) == cfg.dataset]
+        fetch = (f"--source={stylesets.SOURCE} --style={v2[0]}\" for the AnimeGANv2 style set" if v2
+                 else "--source=official\" for the official set")
         need(os.path.isdir(style_dir),
-             f"Dataset folder {style_dir} does not exist; run `make data` (ARGS=\"--source=official\" for "
-             f"the official set) or point --dataset_dir/--dataset at your data.")
+             f"Dataset folder {style_dir} does not exist; run `make data` (ARGS=\"{fetch}) or point "
+             f"--dataset_dir/--dataset at your data.")

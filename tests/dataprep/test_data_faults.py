@@ -256,11 +256,11 @@ def test_archive_total_and_free_space_caps(tmp_path, monkeypatch):
         download.safe_extract(str(z), str(tmp_path / "a"), progress=False)
     assert not (tmp_path / "a").exists()
     monkeypatch.setattr(download, "MAX_UNPACKED_BYTES", total)
-    monkeypatch.setattr(download, "_free_bytes", lambda path: total - 1)
+    monkeypatch.setattr(download, "free_bytes", lambda path: total - 1)
     with pytest.raises(report.DataError, match=r"but only .* are free under"):
         download.safe_extract(str(z), str(tmp_path / "b"), progress=False)
     assert not (tmp_path / "b").exists()
-    monkeypatch.setattr(download, "_free_bytes", lambda path: total)
+    monkeypatch.setattr(download, "free_bytes", lambda path: total)
     assert len(download.safe_extract(str(z), str(tmp_path / "c"), progress=False)) == count
 
 

@@ -177,7 +177,7 @@ def _run(*args):
 def test_cli_help_documents_every_flag_and_imports_no_tensorflow():
     out = _run("--helpfull")
     for flag in ("source", "out", "style", "smooth", "img_size", "seed", "num_photos", "num_style", "strict",
-                 "workers", "retries", "sha256", "keep_archive", "progress"):
+                 "workers", "retries", "sha256", "mirror", "keep_archive", "progress"):
         assert f"--{flag}" in out.stdout or f"--[no]{flag}" in out.stdout, flag
     code = ("import sys, data_prep, data_prep.__main__, data_prep.demo, data_prep.download, "
             "data_prep.report, data_prep.smoothing; assert 'tensorflow' not in sys.modules, 'tf imported'")
@@ -189,7 +189,7 @@ def test_cli_help_documents_every_flag_and_imports_no_tensorflow():
 def test_data_prep_imports_nothing_from_anime_gan():
     """data_prep sits at the bottom: anime_gan may import it, never the other way round."""
     code = ("import sys, data_prep, data_prep.__main__, data_prep.console, data_prep.demo, data_prep.download, "
-            "data_prep.files, data_prep.report, data_prep.smoothing; "
+            "data_prep.files, data_prep.report, data_prep.smoothing, data_prep.stylesets; "
             "assert not any(m.startswith('anime_gan') for m in sys.modules), sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                        capture_output=True, text=True, timeout=120)

@@ -6,27 +6,9 @@ import numpy as np
 import pytest
 
 from data_prep import smoothing
+from helpers import per_pixel_smooth
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(pytest.importorskip("skimage").__file__), "data")
-
-
-def per_pixel_smooth(path, size):
-    """The official recipe, literally: one pixel and one channel at a time, np.sum of window * kernel."""
-    bgr = cv2.imread(path)
-    gray = cv2.imread(path, 0)
-    bgr = cv2.resize(bgr, (size, size))
-    gray = cv2.resize(gray, (size, size))
-    padded = np.pad(bgr, ((2, 2), (2, 2), (0, 0)), mode="reflect")
-    edges = cv2.Canny(gray, 100, 200)
-    dilated = cv2.dilate(edges, np.ones((5, 5), np.uint8))
-    g = cv2.getGaussianKernel(5, 0)
-    kernel = g * g.transpose(1, 0)
-    out = np.copy(bgr)
-    ys, xs = np.where(dilated != 0)
-    for y, x in zip(ys, xs):
-        for c in range(3):
-            out[y, x, c] = np.sum(np.multiply(padded[y:y + 5, x:x + 5, c], kernel))
-    return out
 
 
 def _write(path, img):
