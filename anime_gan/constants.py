@@ -30,6 +30,8 @@ GENERATOR_STRIDE = 4
 # (--max_side) on the largest side.
 MIN_SIDE = 8
 DEFAULT_MAX_SIDE = 4096
+# The side of the square crops the official generators were trained on (img_size 256).
+OFFICIAL_TRAIN_SIZE = 256
 
 # Names of the official graph's tensors.
 TF1_INPUT = "generator_input:0"

@@ -1,17 +1,20 @@
-"""The official pretrained generators in one command: download, check, convert, export.
+"""The pretrained generators in one command: download, check, convert, export.
 
     python -m anime_gan.pretrained list
     python -m anime_gan.pretrained download hayao-v2 [--dir=checkpoints] [--force] [--mirror=URL]
     python -m anime_gan.stylize --model=hayao-v2 --input=photo.jpg --output=anime.jpg
 
-`download NAME` fetches the official TF1 checkpoint of NAME (`anime_gan.weights.catalogue`), converts
-it and exports a SavedModel (--nosaved_model skips it) into DIR/NAME/: `generator.weights.h5`,
-`saved_model/` (TF Serving) and `SOURCE.json` (what was downloaded, its SHA-256, the date); see
-`anime_gan.weights.install`. A failed transfer resumes when the same command runs again; a second run
-of a complete download does nothing (--force does it again). Every model path (`stylize --model`,
-`export --checkpoint_dir`, `anime_gan.load_generator`) then also accepts the bare name, looked up in
-DIR (default `checkpoints`, or $ANIME_GAN_WEIGHTS_DIR). --mirror (or $ANIME_GAN_WEIGHTS_MIRROR)
-replaces https://github.com in every URL.
+`download NAME` fetches the official TF1 checkpoint of NAME (`anime_gan.weights.catalogue`), or the
+PyTorch port's `.pt` file (face-paint-512-v2, face-paint-512-v1, celeba-distill: converted in the port's
+own mode), converts it and exports a SavedModel (--nosaved_model skips it) into DIR/NAME/:
+`generator.weights.h5`, `saved_model/` (TF Serving) and `SOURCE.json` (what was downloaded, its SHA-256,
+the date); see `anime_gan.weights.install`. A failed transfer resumes when the same command runs again; a
+second run of a complete download does nothing (--force does it again). Every model path (`stylize
+--model`, `export --checkpoint_dir`, `anime_gan.load_generator`) then also accepts the bare name, looked
+up in DIR (default `checkpoints`, or $ANIME_GAN_WEIGHTS_DIR). --mirror (or $ANIME_GAN_WEIGHTS_MIRROR)
+replaces https://github.com in every URL. Offline (a host that does not resolve, a refused connection)
+the command stops at once and names --mirror and the manual route (fetch the files elsewhere, then
+`python -m anime_gan.convert`); `list` shows each model's origin and terms.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ def define_flags():
                          "is complete; also replaces a DIR/NAME not written by this command.")
     flags.DEFINE_string("mirror", None, f"Replaces {catalogue.GITHUB} in every download URL (default "
                         f"${catalogue.MIRROR_ENV}).")
-    flags.DEFINE_integer("retries", 5, "Retries of a broken transfer (each resumes where it broke).",
-                         lower_bound=0)
+    flags.DEFINE_integer("retries", 5, "Retries of a broken transfer (each resumes where it broke); a server "
+                         "that cannot be reached at all (offline) is not retried.", lower_bound=0)
     flags.DEFINE_boolean("saved_model", True, "Also export DIR/NAME/saved_model/ for TF Serving.")
     flags.DEFINE_integer("max_side", C.DEFAULT_MAX_SIDE, "Largest image side the exported SavedModel accepts.",
                          lower_bound=C.MIN_SIDE)

@@ -1,5 +1,9 @@
 """Fetching the official dataset.zip: download with resume and retry, safe unpacking, layout check.
 
+A server that cannot be reached at all (a host name that does not resolve, a refused connection: the
+machine is offline or the URL is wrong) ends the download at once (`Unreachable`); a transfer that
+broke (a reset connection, a short read, HTTP 5xx) is retried with backoff.
+
 Nothing is trusted: a transfer that breaks resumes from the bytes already on disk (HTTP Range), the
 finished file must have the size the server announced (and the SHA-256 if one is given) and be a
 complete zip (central directory present, every member's CRC right: `verify_archive`), or it is
@@ -10,6 +14,7 @@ disk space, or MAX_RATIO per member (a zip bomb). Members with the same name are
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -20,6 +25,7 @@ import socket
 import stat
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -52,6 +58,36 @@ _TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
 
 class _Broken(Exception):
     """The transfer stopped before the announced size."""
+
+
+class Unreachable(report.DataError):
+    """The server of `url` cannot be reached at all (`reason`: its host name does not resolve, it
+    refused the connection, or there is no network), so `download` stops at once: retrying cannot
+    help. `host`, `reason` and `part` (the partial file kept for a resume, or None) let a caller
+    write its own sentence; the message names data_prep's --source."""
+
+    def __init__(self, url: str, reason: str, part: str | None = None):
+        self.url, self.reason, self.part = url, reason, part
+        self.host = urllib.parse.urlsplit(url).netloc or url
+        resume = f"run again to resume from {part} once it can" if part else "run again once it can"
+        super().__init__(f"Cannot reach {self.host} ({reason}), so {url} was not downloaded and not retried; "
+                         f"check the network and {resume}, or pass a local path to --source.")
+
+
+def unreachable_reason(error: BaseException) -> str | None:
+    """Why a request's server cannot be reached at all, in a few words, or None when the failure may
+    pass (a timeout, a reset or cut connection, an HTTP error: those are retried). Only a failure to
+    connect counts: urllib raises it as a URLError around the socket error."""
+    if not isinstance(error, urllib.error.URLError) or isinstance(error, urllib.error.HTTPError):
+        return None
+    reason = error.reason
+    if isinstance(reason, socket.gaierror):
+        return f"its name does not resolve: {reason.strerror or reason}"
+    if isinstance(reason, ConnectionRefusedError):
+        return "it refused the connection"
+    if isinstance(reason, OSError) and reason.errno == errno.ENETUNREACH:
+        return "the network is unreachable"
+    return None
 
 
 def is_url(source: str) -> bool:
@@ -98,7 +134,9 @@ def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha25
     ends the download (the file is removed).
 
     Returns `dest`. Raises DataError (one sentence) when every attempt failed, or when the size or the
-    SHA-256 does not match (the bad file is then removed so the next run starts clean).
+    SHA-256 does not match (the bad file is then removed so the next run starts clean); Unreachable
+    (a DataError) at once, without retrying, when the server cannot be reached at all
+    (`unreachable_reason`: a host name that does not resolve, a refused connection, no network).
     """
     part = dest + ".part"
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
@@ -163,6 +201,9 @@ def download(url: str, dest: str, retries: int = 5, timeout: float = 60.0, sha25
                 else:
                     last_error = f"HTTP {e.code} {e.reason}"
             except (_Broken, *_TRANSIENT) as e:
+                unreachable = unreachable_reason(e)
+                if unreachable:  # offline, a wrong host or nothing listening: no retry can help
+                    raise Unreachable(url, unreachable, part if os.path.exists(part) else None) from None
                 last_error = str(e) or type(e).__name__
             if attempt < retries:
                 have = os.path.getsize(part) if os.path.exists(part) else 0

@@ -17,7 +17,10 @@
   pixel by pixel), `write_bad_inputs` (one file per kind of bad input) and `SKIPPED` (those of them
   every reader skips).
 - Downloads: `LocalServer`, an HTTP server on 127.0.0.1 serving {path: bytes}, with or without Range
-  support and Content-Length, transfers cut off halfway and sizes announced wrongly on request.
+  support and Content-Length, transfers cut off halfway, sizes announced wrongly and HTTP errors on
+  request; `closed_port`, a port of 127.0.0.1 nothing listens on (a refused connection).
+- PyTorch port files without PyTorch: `write_torch_state_dict` (a `.pt` file as torch.save writes a
+  state_dict of float32 tensors) and `random_port_state` (the port's 77 tensors, seeded).
 - Videos: `read_video`, a file's (fps, width, height) and its frames in RGB, as OpenCV decodes them.
 """
 
@@ -344,6 +347,7 @@ class LocalServer:
       shut down, as a proxy dropping it would.
     - `hang_up`: shut the connection down after every response, not only after a cut one.
     - `announce`: {path: bytes added to the true size} in Content-Length and Content-Range.
+    - `status_once`: {path: HTTP status} its first GET answers with instead of the file (e.g. 503).
 
     `.url` is the base ("http://127.0.0.1:PORT"), `.url_of(path)` a file's URL; `.requests` records
     (path, Range header or None) per GET in order, `.ranges` only the Range headers.
@@ -351,9 +355,10 @@ class LocalServer:
     """
 
     def __init__(self, files, *, ranges=True, length=True, break_once=(), cut=0, announce=None,
-                 hang_up=False):
+                 hang_up=False, status_once=None):
         self.files, self.requests = dict(files), []
         broken, announce, lock = set(break_once), dict(announce or {}), threading.Lock()
+        failing = dict(status_once or {})
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -368,6 +373,9 @@ class LocalServer:
                     cut_off = len(server.requests) <= cut
                 if path not in server.files:
                     self.send_error(404)
+                    return
+                if path in failing:
+                    self.send_error(failing.pop(path))
                     return
                 if path in broken:
                     broken.discard(path)
@@ -423,6 +431,70 @@ class LocalServer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def closed_port():
+    """A TCP port of 127.0.0.1 that nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- PyTorch port files, written without PyTorch ------------------------------------------------
+def write_torch_state_dict(path, state):
+    """Writes {key: float32 array} as `torch.save(state_dict, path)` does (torch >= 1.6's zip format):
+    `archive/data.pkl`, a protocol-2 pickle of an OrderedDict whose values are
+    `torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())` calls (each
+    storage a persistent id ('storage', torch.FloatStorage, key, 'cpu', numel)), and each storage's
+    little-endian bytes as `archive/data/KEY`. The opcodes are written out here, so torch is not needed."""
+    def text(t):
+        raw = t.encode()
+        return b"X" + len(raw).to_bytes(4, "little") + raw
+
+    def ints(values):
+        return b"(" + b"".join(b"J" + int(v).to_bytes(4, "little", signed=True) for v in values) + b"t"
+
+    ordered_dict = b"ccollections\nOrderedDict\n)R"
+    pickled = [b"\x80\x02", ordered_dict, b"("]
+    arrays = {}
+    for i, (key, value) in enumerate(state.items()):
+        array = np.array(value, dtype="<f4", order="C")
+        arrays[str(i)] = array
+        stride = [int(np.prod(array.shape[k + 1:])) for k in range(array.ndim)]
+        numel = b"J" + array.size.to_bytes(4, "little")
+        storage = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text(str(i)) + text("cpu") + numel + b"tQ"
+        pickled += [text(key), b"ctorch._utils\n_rebuild_tensor_v2\n(", storage, b"J\x00\x00\x00\x00",
+                    ints(array.shape), ints(stride), b"\x89", ordered_dict, b"tR"]
+    pickled.append(b"u.")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", b"".join(pickled))
+        zf.writestr("archive/byteorder", "little")
+        for name, array in arrays.items():
+            zf.writestr(f"archive/data/{name}", array.tobytes())
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+def random_port_state(seed=3):
+    """{port key: float32 array in the port's layout} of the right shapes (the official shapes, laid
+    out as the port's model.py: conv OIHW, depthwise [C,1,3,3]), random from `seed` at a scale whose
+    output is not saturated: the norms' gammas uniform in [0.6, 1.4], everything else normal * 0.2."""
+    from anime_gan import constants as C
+    from anime_gan.nets.generator_v2 import GeneratorV2
+    from anime_gan.weights.torch_port import PORT_NAMES
+
+    rng = np.random.default_rng(seed)
+    shapes = {name: tuple(v.shape) for name, v in GeneratorV2().tf1_variable_map().items()}
+    state = {}
+    for port, name, layout in PORT_NAMES:
+        shape = shapes[C.TF1_SCOPE + name]
+        if layout == "conv":  # HWIO -> OIHW
+            shape = (shape[3], shape[2], shape[0], shape[1])
+        elif layout == "depthwise":  # [3,3,C,1] -> [C,1,3,3]
+            shape = (shape[2], 1, shape[0], shape[1])
+        gamma = name.endswith("/gamma")
+        state[port] = (rng.uniform(0.6, 1.4, shape) if gamma else rng.normal(0, 0.2, shape)).astype(np.float32)
+    return state
 
 
 # ---- videos --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The models the page offers: every --model, the official weights downloaded with
+"""The models the page offers: every --model, the catalogue's weights downloaded with
 `anime_gan.pretrained`, the training runs in the weights folder, each with the architecture and style
 it holds (`find_models`); and `Models`, which loads them on first use, keeps them and lets one request
 at a time run through them."""
@@ -29,7 +29,7 @@ class ModelChoice:
     name: str  # shown in the list
     arch: str  # "v1" | "v2" | "" (unknown)
     style: str  # what it holds, in words
-    origin: str  # "--model" | "official weights" | "training run"
+    origin: str  # "--model" | a catalogue entry's origin ("official weights", ...) | "training run"
 
     def as_json(self):
         """What the page's model list shows of it."""
@@ -86,15 +86,15 @@ class _ChoiceList:
 
 def find_models(paths=(), directory=None):
     """[ModelChoice]: each of `paths` (a user error, in one sentence, if one is not a model), then the
-    official weights downloaded into the weights folder (`catalogue.weights_dir`), then the
+    catalogue's weights downloaded into the weights folder (`catalogue.weights_dir`), then the
     other models in it (training runs, converted weights). Each model once, in that order."""
     found = _ChoiceList()
     for path in paths:
         found.add(path, os.fspath(path), "--model", strict=True)
     folder = catalogue.weights_dir(directory)
-    for name in catalogue.CATALOGUE:
-        if (folder / name).is_dir() and catalogue.read_manifest(folder / name):
-            found.add(str(folder / name), name, "official weights", strict=False)
+    for name, entry in catalogue.CATALOGUE.items():
+        if (folder / name).is_dir():  # downloaded, or converted by hand (catalogue.manual_route)
+            found.add(str(folder / name), name, entry.origin, strict=False)
     if folder.is_dir():
         for child in sorted(folder.iterdir()):
             if child.is_dir() and child.name not in catalogue.CATALOGUE and not child.name.startswith("."):

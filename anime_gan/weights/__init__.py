@@ -9,7 +9,7 @@ TensorFlow-free to import):
 - `read_tf1_checkpoint`, `tf1_to_generator`, `generator_to_tf1` (tf1: official TF1 checkpoints);
 - `newest_checkpoint`, `restore_training_checkpoint`, `restore_saved_model` (checkpoints: TF2);
 - `ARCH_LABEL`, `tf1_arch` (arch); `convert_torch`, `load_torch_generator`, `PORT_RESIZE` (torch_port);
-- `download` (install: the official weights of `catalogue` into a weights folder).
+- `download` (install: the pretrained weights of `catalogue` into a weights folder).
 
 Submodules import their siblings directly, never this package's names.
 """

@@ -1,9 +1,11 @@
-"""The official pretrained generators: where each one is published, and where a downloaded one lives.
+"""The pretrained generators: where each one is published, and where a downloaded one lives.
 
-`CATALOGUE` maps a name (hayao-v2, ...) to its entry; `anime_gan.weights.install.download` puts the
-entry's files, converted, into DIR/NAME (DIR: `weights_dir`, default ./checkpoints or
-$ANIME_GAN_WEIGHTS_DIR) with a SOURCE.json manifest, and every model path then also accepts the bare
-name. A file's `sha256` is None (recorded on download, not checked) until a published value is filled in.
+`CATALOGUE` maps a name to its entry: the official AnimeGAN/AnimeGANv2 checkpoints (hayao-v2, ...) and
+the PyTorch port's own models (face-paint-512-v2, face-paint-512-v1, celeba-distill);
+`anime_gan.weights.install.download` puts the entry's files, converted, into DIR/NAME (DIR:
+`weights_dir`, default ./checkpoints or $ANIME_GAN_WEIGHTS_DIR) with a SOURCE.json manifest, and every
+model path then also accepts the bare name. A file's `sha256` is None (recorded on download, not checked)
+until a published value is filled in.
 
 `--mirror` (or $ANIME_GAN_WEIGHTS_MIRROR) replaces `https://github.com` in every URL, so a mirror
 serves the same paths, e.g. MIRROR/TachibanaYoshino/AnimeGANv2/raw/master/checkpoint/....
@@ -43,23 +45,50 @@ class RemoteFile:
         return self.path.rsplit("/", 1)[-1]
 
 
+# The terms each publisher attached (each repository's README or LICENSE).
+TERMS_ANIMEGAN = ("non-commercial use only (research, teaching, publications); commercial use needs the "
+                  "author's permission (its README)")
+TERMS_PORT = "MIT licence (its LICENSE)"
+
+
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-    """A catalogue entry: `files` is a TF1 checkpoint (.index, .data-*) or, with `archive`, one zip
-    holding a TF1 checkpoint folder."""
+    """A catalogue entry: `files` is a TF1 checkpoint (.index, .data-*), or, with `archive`, one zip
+    holding a TF1 checkpoint folder, or, with `pytorch`, one `.pt` state_dict of the PyTorch port
+    (bryandlee/animegan2-pytorch), converted in the port's own mode (align-corners resize, GroupNorm
+    epsilon 1e-5; `anime_gan.weights.torch_port`).
+
+    `trained_size`: the side, in pixels, of the square images the generator was trained on (256 for
+    the official styles, 512 for the port's face_paint faces), which a caller can resize to.
+    `repository` (where it comes from) and `terms` (its licence) are shown by `listing`."""
 
     name: str
     arch: str  # "v1" | "v2", checked against what the checkpoint's variable names say
     title: str
     files: tuple[RemoteFile, ...]
+    repository: str  # owner/name on GitHub
+    terms: str
     archive: bool = False
+    pytorch: bool = False
+    trained_size: int = C.OFFICIAL_TRAIN_SIZE
 
     def urls(self, mirror=None):
         base = mirror_base(mirror)
         return [f"{base}/{f.path}" for f in self.files]
 
+    @property
+    def what(self):
+        """What the download must be, in words."""
+        return "the port's generator weights" if self.pytorch else "its official checkpoint"
+
+    @property
+    def origin(self):
+        """Whose weights these are, in words (the page shows it)."""
+        return "PyTorch port weights" if self.pytorch else "official weights"
+
 
 _V2_CHECKPOINT = "TachibanaYoshino/AnimeGANv2/raw/master/checkpoint/generator_{style}_weight/{style}-{epoch}.ckpt"
+_PORT = "bryandlee/animegan2-pytorch"
 
 
 def _v2(name, style, epoch):
@@ -67,7 +96,15 @@ def _v2(name, style, epoch):
     # not needed.
     prefix = _V2_CHECKPOINT.format(style=style, epoch=epoch)
     return Pretrained(name, "v2", f"AnimeGANv2 {style}, epoch {epoch}",
-                      (RemoteFile(prefix + ".index"), RemoteFile(prefix + ".data-00000-of-00001")))
+                      (RemoteFile(prefix + ".index"), RemoteFile(prefix + ".data-00000-of-00001")),
+                      "TachibanaYoshino/AnimeGANv2", TERMS_ANIMEGAN)
+
+
+def _port(name, note, trained_size):
+    # The PyTorch port's own models, in its weights folder: they exist only as .pt files.
+    stem = name.replace("-", "_")
+    return Pretrained(name, "v2", f"PyTorch port {stem} ({note})", (RemoteFile(f"{_PORT}/raw/main/weights/{stem}.pt"),),
+                      _PORT, TERMS_PORT, pytorch=True, trained_size=trained_size)
 
 
 CATALOGUE = {entry.name: entry for entry in (
@@ -77,7 +114,10 @@ CATALOGUE = {entry.name: entry for entry in (
     _v2("shinkai-v2", "Shinkai", 53),
     Pretrained("hayao-v1", "v1", "AnimeGAN Hayao, the v1.0 release Haoyao-style.zip",
                (RemoteFile("TachibanaYoshino/AnimeGAN/releases/download/Haoyao-style_V1.0/Haoyao-style.zip"),),
-               archive=True),
+               "TachibanaYoshino/AnimeGAN", TERMS_ANIMEGAN, archive=True),
+    _port("face-paint-512-v2", "portraits, aligned faces; the port's default", 512),
+    _port("face-paint-512-v1", "portraits, aligned faces; its first version", 512),
+    _port("celeba-distill", "portraits, a distillation", 256),
 )}
 
 
@@ -98,7 +138,7 @@ def weights_dir(directory=None):
 def entry(name):
     """The catalogue entry of `name`; ConfigError naming every name otherwise."""
     if name not in CATALOGUE:
-        raise ConfigError(f"no official weights named {name!r}; the names are {', '.join(CATALOGUE)} "
+        raise ConfigError(f"no pretrained weights named {name!r}; the names are {', '.join(CATALOGUE)} "
                           "(python -m anime_gan.pretrained list describes them).")
     return CATALOGUE[name]
 
@@ -111,7 +151,7 @@ def installed_folder(name, directory=None):
     staging = folder.with_name(name + STAGING_SUFFIX)
     started = f" (a partial download is in {staging})" if staging.is_dir() else ""
     raise PathNotFoundError(
-        f"the official weights {name} are not downloaded yet{started}: run `python -m anime_gan.pretrained "
+        f"the pretrained weights {name} are not downloaded yet{started}: run `python -m anime_gan.pretrained "
         f"download {name}` (looked for {folder}; set ${DIR_ENV} if they were downloaded with --dir).")
 
 
@@ -141,13 +181,34 @@ def install_problem(folder, name, saved_model=True):
     return None
 
 
+def manual_route(entry, directory=None):
+    """How to install `entry` without this command, in words: fetch its GitHub URLs elsewhere, copy
+    them here and convert them with `anime_gan.convert` into DIR/NAME (so the name works)."""
+    urls = entry.urls(GITHUB)
+    files, after = ("them here", "") if len(urls) > 1 else ("it here", "")
+    if entry.pytorch:
+        source = f"--pytorch={entry.files[0].filename}"
+    elif entry.archive:
+        files, source = "it here, unzip it", "--tf1_checkpoint=PREFIX"
+        after = " (PREFIX: the path of the checkpoint's .index file without .index)"
+    else:
+        source = f"--tf1_checkpoint={entry.files[0].filename[: -len('.index')]}"
+    return (f"download {' and '.join(urls)} on a machine that is online, copy {files} and run "
+            f"`python -m anime_gan.convert {source} --output={weights_dir(directory) / entry.name}`{after}")
+
+
 def listing(directory=None):
-    """One line per catalogue entry: name, architecture, what it is, whether it is downloaded."""
+    """Two lines per catalogue entry: its name, what it is, the size it was trained at and whether it is
+    downloaded; then where it comes from and its terms."""
     directory = weights_dir(directory)
     width = max(map(len, CATALOGUE))
     lines = []
     for name, e in CATALOGUE.items():
         folder = directory / name
-        state = f"downloaded in {folder}" if folder.is_dir() and read_manifest(folder) else "not downloaded"
-        lines.append(f"{name:<{width}}  {e.title}  [{state}]")
+        if folder.is_dir():
+            state = f"downloaded in {folder}" if read_manifest(folder) else f"in {folder}, not from this command"
+        else:
+            state = "not downloaded"
+        lines.append(f"{name:<{width}}  {e.title}, trained at {e.trained_size}x{e.trained_size}  [{state}]")
+        lines.append(f"{'':<{width}}  from {GITHUB}/{e.repository}; terms: {e.terms}")
     return lines

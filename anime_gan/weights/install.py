@@ -1,22 +1,26 @@
-"""Installing an official pretrained generator (`anime_gan.weights.catalogue`): download, check,
-convert, and write DIR/NAME in one rename.
+"""Installing a pretrained generator of the catalogue (`anime_gan.weights.catalogue`): download,
+check, convert, and write DIR/NAME in one rename.
 
-`download(NAME)` fetches the entry's official TF1 checkpoint, converts it (as `convert_checkpoint`
-does: the checkpoint must hold exactly the official generator variables of the entry's architecture)
-into DIR/NAME/: `generator.weights.h5`, `SOURCE.json` (the URLs, sizes, SHA-256 of what was
-downloaded, the date) and, when a `saved_model` writer is given (the pretrained command passes
+`download(NAME)` fetches the entry's official TF1 checkpoint, or the PyTorch port's `.pt` file, converts
+it (as `convert_checkpoint` does: the checkpoint must hold exactly the official generator variables of
+the entry's architecture; as `convert --pytorch` does for a `.pt`: exactly the port's 77 tensors, in the
+port's own mode) into DIR/NAME/: `generator.weights.h5`, `SOURCE.json` (the URLs, sizes, SHA-256 of what
+was downloaded, the date) and, when a `saved_model` writer is given (the pretrained command passes
 `anime_gan.deploy.saved_model.export_saved_model`), `saved_model/` (TF Serving).
 
-Downloads go through `data_prep.download.download` (progress bar, retry, HTTP Range resume, size
-checked against the Content-Length the server announced) into DIR/NAME.download/; a transfer that
-failed is resumed from its `.part` file by running the same command again. A file completed by an
-earlier run is checked again (size and SHA-256 recorded when it completed) before it is used.
-DIR/NAME is written only once everything passed, by one rename, so a failure never leaves half a
-model there nor removes the one that was there. A second run finds SOURCE.json and the files it
+Downloads go through `data_prep.download.download` (progress bar, retry, HTTP Range resume, size checked
+against the Content-Length the server announced) into DIR/NAME.download/; a transfer that failed is
+resumed from its `.part` file by running the same command again. A file completed by an earlier run is
+checked again (size and SHA-256 recorded when it completed) before it is used. A server that cannot be
+reached at all (offline, a host name that does not resolve, a refused connection) ends the download at
+once in one sentence naming --mirror and the manual route (`catalogue.manual_route`); a broken transfer
+is retried. DIR/NAME is written only once everything passed, by one rename, so a failure never leaves
+half a model there nor removes the one that was there. A second run finds SOURCE.json and the files it
 lists unchanged and does nothing (force=True downloads and converts again).
 
-What is verified: the announced size, the checkpoint itself (readable, exactly the official
-variables and shapes), a catalogue SHA-256 when one is filled in and, on later runs, the recorded one.
+What is verified: the announced size, the checkpoint itself (readable, exactly the official variables and
+shapes, or the port's tensors), a catalogue SHA-256 when one is filled in and, on later runs, the
+recorded one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from anime_gan.weights import catalogue
 from anime_gan.weights.arch import ARCH_LABEL, tf1_arch
 from anime_gan.weights.keras_h5 import save_generator
 from anime_gan.weights.tf1 import read_tf1_checkpoint, tf1_to_generator
+from anime_gan.weights.torch_port import load_torch_generator
 from data_prep import download as http
 from data_prep import report
 from data_prep.report import DataError
@@ -90,6 +95,8 @@ def fetch(url, dest, expected_sha256, record_path, retries, backoff, timeout, pr
         try:
             http.download(url, str(dest), retries=retries, timeout=timeout, backoff=backoff, progress=progress,
                           verify=verify)
+        except http.Unreachable:
+            raise  # the caller knows the entry, so it writes the sentence
         except DataError as e:
             raise DataError(_our_hint(str(e))) from None
         done = {"url": url, "bytes": dest.stat().st_size, "sha256": http.sha256_of(str(dest))}
@@ -138,22 +145,24 @@ def extract_checkpoint(zip_path, out_dir):
 
 
 # ---- the steps of a download -----------------------------------------------------------------------
-def _convert(entry, prefix, build, saved_model):
-    """The TF1 checkpoint at prefix -> build/generator.weights.h5 (and build/saved_model/ through the
-    writer `saved_model`); ModelError (one sentence) when it is not exactly the official generator of
-    the entry's architecture. Returns the number of variables converted."""
+def _official_generator(entry, prefix):
+    """The generator of the TF1 checkpoint at prefix and its number of variables; ModelError (one
+    sentence) when it is not exactly the official generator of the entry's architecture."""
     # A data file cut short or damaged: read_tf1_checkpoint says so (ModelError, one sentence).
     values = read_tf1_checkpoint(prefix)
     arch = tf1_arch(values)
     if arch != entry.arch:
         raise ModelError(f"it holds an {ARCH_LABEL[arch]} generator, not the catalogue's {ARCH_LABEL[entry.arch]}.")
-    generator = tf1_to_generator(values)
+    return tf1_to_generator(values), len(values)
+
+
+def _convert(generator, n_variables, build, saved_model):
+    """generator -> build/generator.weights.h5 (and build/saved_model/ through the writer `saved_model`)."""
     save_generator(generator, build)
-    log.info("converted the %d official variables (%s)%s", len(values), ARCH_LABEL[arch],
+    log.info("converted the %d variables (%s)%s", n_variables, ARCH_LABEL[generator.arch],
              "; exporting a SavedModel" if saved_model else "")
     if saved_model:
         saved_model(generator, build / C.SAVED_MODEL_DIR)
-    return len(values)
 
 
 def _fetch_files(entry, staging, mirror, retries, backoff, timeout, progress):
@@ -162,28 +171,44 @@ def _fetch_files(entry, staging, mirror, retries, backoff, timeout, progress):
     for remote, url in zip(entry.files, entry.urls(mirror)):
         dest = staging / remote.filename
         verify = (lambda p: http.verify_archive(p, str(staging))) if entry.archive else None
-        done = fetch(url, dest, remote.sha256, staging / STAGING_RECORD, retries, backoff, timeout, progress, verify)
+        try:
+            done = fetch(url, dest, remote.sha256, staging / STAGING_RECORD, retries, backoff, timeout, progress,
+                         verify)
+        except http.Unreachable as e:
+            kept = f" (the partial file {e.part} is kept for a resume)" if e.part else ""
+            raise DataError(
+                f"cannot reach {e.host} ({e.reason}), so {entry.name} was not downloaded{kept} and nothing was "
+                f"retried: pass --mirror=URL (or set ${catalogue.MIRROR_ENV}) to a copy this machine can reach, "
+                f"or {catalogue.manual_route(entry, staging.parent)}.") from None
         files.append({**done, "expected_sha256": remote.sha256})
     return files
 
 
 def _convert_staged(entry, staging, build, saved_model):
     """(where the checkpoint was, number of variables) after converting what was downloaded into
-    build; what is not the official checkpoint removes the staging folder and raises ModelError."""
+    build (a .pt file of the port in the port's own mode); what is not the entry's generator removes
+    the staging folder and raises ModelError."""
     try:
-        if entry.archive:
-            shutil.rmtree(staging / "extracted", ignore_errors=True)
-            prefix, inside = extract_checkpoint(staging / entry.files[0].filename, staging / "extracted")
-            checkpoint = f"{entry.files[0].filename}:{inside}"
+        if entry.pytorch:
+            checkpoint = entry.files[0].filename
+            generator = load_torch_generator(staging / checkpoint)  # align-corners resize, epsilon 1e-5
+            n_variables = len(generator.tf1_variable_map())
         else:
-            prefix = staging / entry.files[0].filename[: -len(".index")]
-            checkpoint = prefix.name
-        return checkpoint, _convert(entry, prefix, build, saved_model)
+            if entry.archive:
+                shutil.rmtree(staging / "extracted", ignore_errors=True)
+                prefix, inside = extract_checkpoint(staging / entry.files[0].filename, staging / "extracted")
+                checkpoint = f"{entry.files[0].filename}:{inside}"
+            else:
+                prefix = staging / entry.files[0].filename[: -len(".index")]
+                checkpoint = prefix.name
+            generator, n_variables = _official_generator(entry, prefix)
     except (ModelError, PathNotFoundError, zipfile.BadZipFile, DataError) as e:
         shutil.rmtree(staging, ignore_errors=True)  # what was downloaded is wrong: the next run starts clean
-        raise ModelError(f"the download of {entry.name} ({entry.title}) is not its official checkpoint "
+        raise ModelError(f"the download of {entry.name} ({entry.title}) is not {entry.what} "
                          f"({str(e).rstrip('.')}); it was removed, check the mirror if one is set or run "
                          "again.") from None
+    _convert(generator, n_variables, build, saved_model)
+    return checkpoint, n_variables
 
 
 def _replace(build, folder, staging):
@@ -245,8 +270,9 @@ def download(name, directory=None, force=False, mirror=None, retries=5, backoff=
     `functools.partial(anime_gan.deploy.saved_model.export_saved_model, max_side=...)`.
 
     Errors: ConfigError (unknown name), OutputExistsError (DIR/NAME holds something else: force=True
-    replaces it), DataError (the transfer failed: run again to resume; or the size or SHA-256 is
-    wrong), ModelError (what was downloaded is not the official checkpoint: removed), each one
+    replaces it), DataError (the server cannot be reached: at once, naming --mirror and the manual
+    route; the transfer failed after its retries: run again to resume; or the size or SHA-256 is
+    wrong), ModelError (what was downloaded is not the entry's generator: removed), each one
     sentence; DIR/NAME is left as it was in every case."""
     entry = catalogue.entry(name)
     directory = catalogue.weights_dir(directory)

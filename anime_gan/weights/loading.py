@@ -12,7 +12,7 @@
 5. a `.weights.h5` file;
 6. an official TF1 checkpoint prefix (`.index` + `.data-*`, name-based);
 7. a `.pt` weights file of the PyTorch port of AnimeGANv2 (read without PyTorch: anime_gan.weights.torch_port);
-8. a name of the official weights catalogue (hayao-v2, ...): its downloaded folder.
+8. a name of the weights catalogue (hayao-v2, face-paint-512-v2, ...): its downloaded folder.
 
 When a run folder or a training checkpoint is read, one line (logged, INFO; the commands show it on
 stderr) says which weights were used.
@@ -105,7 +105,7 @@ def resolve_model(path):
     """A ModelSource for any accepted form of path (see the module docstring), or a one-sentence
     PathNotFoundError / ModelError saying what was looked for.
 
-    A name of the official weights (`catalogue.CATALOGUE`, e.g. hayao-v2) that is no path on disk
+    A name of the catalogue (`catalogue.CATALOGUE`, e.g. hayao-v2) that is no path on disk
     resolves to its downloaded folder (DIR/NAME, see `catalogue.installed_folder`); before it is
     downloaded, the error names the command that downloads it."""
     name = os.fspath(path)

@@ -100,7 +100,8 @@ def test_catalogue_urls_names_and_mirror(at, monkeypatch):
     v1 = catalogue.CATALOGUE["hayao-v1"]
     assert v1.arch == "v1" and v1.archive and v1.urls() == [
         "https://github.com/TachibanaYoshino/AnimeGAN/releases/download/Haoyao-style_V1.0/Haoyao-style.zip"]
-    assert sorted(catalogue.CATALOGUE) == sorted([*expected, "hayao-v1"])
+    port = ["face-paint-512-v2", "face-paint-512-v1", "celeba-distill"]  # test_port_catalogue.py
+    assert sorted(catalogue.CATALOGUE) == sorted([*expected, "hayao-v1", *port])
     assert all(f.sha256 is None for e in catalogue.CATALOGUE.values() for f in e.files)  # recorded, not pinned
     # A mirror replaces https://github.com, from the argument or the environment.
     monkeypatch.setenv(catalogue.MIRROR_ENV, "http://m.example/gh/")
@@ -112,11 +113,15 @@ def test_catalogue_urls_names_and_mirror(at, monkeypatch):
         catalogue.mirror_base("not a url")
     with pytest.raises(ConfigError) as info:
         install.download("hayao-v3")
-    assert str(info.value) == ("no official weights named 'hayao-v3'; the names are hayao-v2, hayao-v2-99, "
-                               "paprika-v2, shinkai-v2, hayao-v1 (python -m anime_gan.pretrained list describes them).")
+    assert str(info.value) == ("no pretrained weights named 'hayao-v3'; the names are hayao-v2, hayao-v2-99, "
+                               "paprika-v2, shinkai-v2, hayao-v1, face-paint-512-v2, face-paint-512-v1, celeba-distill "
+                               "(python -m anime_gan.pretrained list describes them).")
     assert not (at / "checkpoints").exists()
     lines = catalogue.listing()
-    assert len(lines) == 5 and all(line.endswith("[not downloaded]") for line in lines)
+    assert len(lines) == 16 and all(line.endswith("[not downloaded]") for line in lines[::2])
+    assert lines[0] == "hayao-v2           AnimeGANv2 Hayao, epoch 64, trained at 256x256  [not downloaded]"
+    assert lines[1] == (" " * 19 + "from https://github.com/TachibanaYoshino/AnimeGANv2; terms: non-commercial use only "
+                        "(research, teaching, publications); commercial use needs the author's permission (its README)")
 
 
 def test_v2_download_resumes_converts_exports_and_runs_once(at, serve, v2_official, monkeypatch):
@@ -128,7 +133,7 @@ def test_v2_download_resumes_converts_exports_and_runs_once(at, serve, v2_offici
     with pytest.raises(PathNotFoundError) as info:
         resolve_model("hayao-v2")
     assert str(info.value) == (
-        "the official weights hayao-v2 are not downloaded yet: run `python -m anime_gan.pretrained download "
+        "the pretrained weights hayao-v2 are not downloaded yet: run `python -m anime_gan.pretrained download "
         "hayao-v2` (looked for checkpoints/hayao-v2; set $ANIME_GAN_WEIGHTS_DIR if they were downloaded with --dir).")
 
     server = serve({INDEX: files[".index"], DATA: files[".data-00000-of-00001"]}, break_once=[DATA])
@@ -343,8 +348,18 @@ def test_the_commands_download_then_stylize_by_name(at, serve, v2_official):
     assert len(server.requests) == 2
     unknown = command("anime_gan.pretrained", "download", "hayao")
     assert unknown.returncode == 2 and unknown.stderr.strip().splitlines() == [
-        "error: no official weights named 'hayao'; the names are hayao-v2, hayao-v2-99, paprika-v2, shinkai-v2, "
-        "hayao-v1 (python -m anime_gan.pretrained list describes them)."]
+        "error: no pretrained weights named 'hayao'; the names are hayao-v2, hayao-v2-99, paprika-v2, shinkai-v2, "
+        "hayao-v1, face-paint-512-v2, face-paint-512-v1, celeba-distill (python -m anime_gan.pretrained list "
+        "describes them)."]
+    # Offline (nothing listens on the mirror's port): one line at once, no retry warnings before it.
+    from helpers import closed_port
+
+    offline = command("anime_gan.pretrained", "download", "paprika-v2", f"--mirror=http://127.0.0.1:{closed_port()}")
+    assert offline.returncode == 2
+    assert [line for line in offline.stderr.splitlines() if not line.startswith("downloading ")] == [
+        line for line in offline.stderr.splitlines() if line.startswith("error: cannot reach 127.0.0.1:")]
+    assert "pass --mirror=URL" in offline.stderr and "python -m anime_gan.convert --tf1_checkpoint=Paprika-54.ckpt" in (
+        offline.stderr)
     listed = command("anime_gan.pretrained", "list")
     assert listed.returncode == 0 and "[downloaded in checkpoints/hayao-v2]" in listed.stdout.splitlines()[0]
 

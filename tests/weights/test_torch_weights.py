@@ -31,7 +31,7 @@ from anime_gan.weights.torch_port import (
 )
 from anime_gan.constants import WEIGHTS_FILENAME
 from anime_gan.weights import load_generator
-from helpers import ENV
+from helpers import ENV, random_port_state, write_torch_state_dict
 
 needs_reference = pytest.mark.skipif(not os.path.isfile(R.REFERENCE_V2), reason=R.SKIP_REASON)
 
@@ -158,25 +158,8 @@ def test_files_that_are_not_state_dicts_say_so(tmp_path):
         read_state_dict(truncated)
 
 
-def _random_port_state(seed=3):
-    """{port key: array in the port's layout} of the right shapes (from the official shapes)."""
-    rng = np.random.default_rng(seed)
-    from anime_gan.nets.generator_v2 import GeneratorV2
-
-    shapes = {name: tuple(v.shape) for name, v in GeneratorV2().tf1_variable_map().items()}
-    state = {}
-    for port, name, layout in PORT_NAMES:
-        shape = shapes[C.TF1_SCOPE + name]
-        if layout == "conv":  # HWIO -> OIHW
-            shape = (shape[3], shape[2], shape[0], shape[1])
-        elif layout == "depthwise":  # [3,3,C,1] -> [C,1,3,3]
-            shape = (shape[2], 1, shape[0], shape[1])
-        state[port] = rng.normal(size=shape).astype(np.float32)
-    return state
-
-
 def test_the_port_names_map_onto_the_official_77():
-    state = _random_port_state()
+    state = random_port_state()
     assert len(state) == C.GENERATOR_V2_VARIABLES == 77
     values = port_to_tf1(state)
     s = C.TF1_SCOPE
@@ -194,7 +177,7 @@ def test_the_port_names_map_onto_the_official_77():
 
 
 def test_another_state_dict_is_refused_by_name():
-    state = _random_port_state()
+    state = random_port_state()
     del state["block_c.2.layers.1.1.bias"]
     state["block_f.0.1.weight"] = np.zeros((3, 3, 1, 1), np.float32)
     state["block_a.0.1.weight"] = np.zeros((32, 3, 3, 3), np.float32)
@@ -358,6 +341,18 @@ def test_tensor_layouts_dtypes_and_wrappers_read_exactly(torch, tmp_path):
         for k, v in expected.items():
             assert got[k].shape == v.shape and got[k].dtype == v.dtype, (name, k)
             np.testing.assert_array_equal(got[k], v, err_msg=f"{name}: {k}")
+
+
+def test_the_helpers_hand_written_pt_is_what_torch_load_reads(torch, tmp_path):
+    """helpers.write_torch_state_dict (the .pt the default tests build without torch) is a file torch reads."""
+    state = {"block_a.0.1.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2), "scalar": np.float32(1.5),
+             **random_port_state(seed=5)}
+    write_torch_state_dict(tmp_path / "hand.pt", state)
+    loaded = torch.load(tmp_path / "hand.pt", weights_only=True)
+    assert list(loaded) == list(state)
+    for key, value in state.items():
+        assert loaded[key].dtype == torch.float32
+        np.testing.assert_array_equal(loaded[key].numpy(), value)
 
 
 def test_half_precision_weights_load_as_their_float32_values(torch, port_file, tmp_path):
