@@ -1,6 +1,7 @@
 """Train AnimeGAN: `python -m anime_gan.train --flagfile=anime_gan/configs/hayao.cfg`.
 
-Re-running the same command resumes from the newest checkpoint in --checkpoint_dir.
+Re-running the same command resumes from the newest checkpoint in --checkpoint_dir. --init_from=MODEL
+fine-tunes: G starts from an official model (configs/finetune_v2.cfg, docs/training.md).
 `make train` runs the offline demo (configs/demo.cfg), building the demo data first if missing.
 """
 
@@ -18,7 +19,7 @@ FLAGS = flags.FLAGS
 # the original's names; defaults are the official code's values).
 HELP = {
     "epoch": "Number of epochs (init epochs included).",
-    "init_epoch": "Epochs of the init phase (G alone on the content loss).",
+    "init_epoch": "Epochs of the init phase (G alone on the content loss); with --init_from, 0 unless given.",
     "batch_size": "Global batch size (split over the replicas).",
     "init_lr": "Adam learning rate of the init phase.",
     "g_lr": "Adam learning rate of the generator (GAN phase).",
@@ -35,6 +36,9 @@ HELP = {
     "d_smooth_weight": "Weight of D's term on grayscale edge-smoothed anime (should read fake).",
     "arch": f"Generator architecture: {' | '.join(C.ARCHITECTURES)} (v2 = AnimeGANv2, with a layer-norm "
             "discriminator; configs/*_v2.cfg hold its official recipe).",
+    "init_from": "Fine-tune: G starts from this model (a model folder, .weights.h5, official TF1 checkpoint or "
+                 "catalogue name such as hayao-v2; of --arch, not the PyTorch port's forward); D and the optimizers "
+                 "start fresh. A checkpoint in --checkpoint_dir wins over it (resume).",
     "training_rate": "G updates per D update: D is updated on the first of every training_rate GAN steps.",
     "gan_type": f"Adversarial loss: {' | '.join(C.GAN_TYPES)}.",
     "ld": "Gradient penalty weight (wgan-gp, wgan-lp, dragan).",
@@ -81,8 +85,13 @@ def define_flags() -> None:
 
 
 def config_from_flags() -> TrainConfig:
-    """The TrainConfig the parsed flags describe."""
-    return TrainConfig(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig)})
+    """The TrainConfig the parsed flags describe. With --init_from the init phase is skipped
+    (init_epoch 0) unless --init_epoch was given, on the command line or in a flagfile: a trained G
+    needs no warm-up on the content loss."""
+    cfg = TrainConfig(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig)})
+    if cfg.init_from and not FLAGS["init_epoch"].present:
+        cfg.init_epoch = 0
+    return cfg
 
 
 def main(argv):

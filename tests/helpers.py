@@ -79,16 +79,20 @@ def max_diff(a, b):
     return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
 
 
-def seeded_generator(seed):
-    """A Generator with seeded random weights in which every gamma and beta matters."""
-    from anime_gan.nets.generator import Generator
+def seeded_generator(seed, arch="v1", **options):
+    """A generator of `arch` (with the constructor `options`) with seeded random weights in which every
+    gamma and beta matters (v2's depthwise biases: normal, sd 0.1)."""
+    from anime_gan.nets import build_generator
     from references.official_graph import random_official_weights
     from anime_gan.weights import tf1_to_generator
 
-    g = Generator()
-    g.build()
+    g = build_generator(arch=arch, **options)
     shapes = {name: tuple(v.shape) for name, v in g.tf1_variable_map().items()}
-    return tf1_to_generator(random_official_weights(shapes, seed), g)
+    biases = {name: shape for name, shape in shapes.items() if name.endswith("/bias")}
+    values = random_official_weights({n: s for n, s in shapes.items() if n not in biases}, seed)
+    rng = np.random.default_rng(seed + 1)
+    values.update({name: rng.normal(0.0, 0.1, shape) for name, shape in sorted(biases.items())})
+    return tf1_to_generator(values, g)
 
 
 def write_rgb(path, rgb):

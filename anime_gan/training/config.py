@@ -32,6 +32,10 @@ class TrainConfig:
     # The architecture: v1 (AnimeGAN) or v2 (AnimeGANv2: its generator, a layer-norm D and the
     # weights below; configs/*_v2.cfg hold the official v2 recipe).
     arch: str = "v1"
+    # Fine-tuning: G starts from this model (any path or catalogue name load_generator reads); D and
+    # the optimizers start fresh. A checkpoint in checkpoint_dir wins (resume). The command sets
+    # init_epoch to 0 with it unless --init_epoch is given; here init_epoch is taken as it is.
+    init_from: str = ""
     # The original's hyper-parameters (official code defaults).
     epoch: int = 101
     init_epoch: int = 5

@@ -49,8 +49,8 @@ from anime_gan.training.data import make_train_dataset, make_val_dataset
 from anime_gan.training.health import HEALTH, NonFiniteLossError, SkippedUpdates, non_finite_problem
 from anime_gan.training.run_lock import RunLock
 from anime_gan.training.run_logs import LOSS_PLOT_FILE, SAMPLE_LIMIT, RunLog, plot_losses, sample_grid, truncate_metrics
-from anime_gan.training.setup import (UNTRAINED_VGG_WARNING, build_model, configure, is_chief, make_strategy,
-                                      split_batch, step_functions)
+from anime_gan.training.setup import (UNTRAINED_VGG_WARNING, build_model, configure, copy_generator_weights, is_chief,
+                                      load_init_generator, make_strategy, split_batch, step_functions)
 from anime_gan.weights import save_generator
 
 __all__ = ["PHASES", "TrainConfig", "TrainResult", "TrainingRun", "train"]
@@ -133,7 +133,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 class TrainingRun:
     """One call of `train`, in a folder whose lock this process holds. `run` takes its steps in order:
-    `find_resume` (the checkpoint to go on from), `load_data`, `build`, `restore`, `open_logs`, then
+    `find_resume` (the checkpoint to go on from), `load_init` (--init_from's generator when there is
+    none), `load_data`, `build`, `restore`, `open_logs`, then
     `run_epoch` and `end_epoch` for each epoch left, then `finish` (final weights, plot, SavedModel)."""
 
     def __init__(self, cfg: TrainConfig, strategy, chief: bool, own_dir: str):
@@ -146,9 +147,10 @@ class TrainingRun:
 
     def run(self) -> TrainResult:
         resume = self.find_resume()
+        init = self.load_init(resume)
         self.load_data()
         self.build()
-        self.restore(resume)
+        self.restore(resume, init)
         self.open_logs()
         self.step_fns = step_functions(self.model, self.strategy, self.cfg.jit_compile, guard=True)
         self.split = split_batch(self.strategy, self.cfg.batch_size)
@@ -172,6 +174,18 @@ class TrainingRun:
                 logger.info(f"Removed what an interrupted run left: {names}.")
         return find_resume_checkpoint(cfg.checkpoint_dir, tidy=self.chief, restart=cfg.restart,
                                       final_weights=self.final_weights)
+
+    def load_init(self, resume):
+        """--init_from's generator, checked against --arch before the data and the model are built; None
+        without it or when the run resumes (its checkpoint holds the run's own generator)."""
+        cfg = self.cfg
+        if not cfg.init_from:
+            return None
+        if resume:
+            logger.info(f"--init_from={cfg.init_from} is not used: {cfg.checkpoint_dir} holds this run's checkpoints, "
+                        f"and resuming wins (pass --restart or another --checkpoint_dir to start from it again).")
+            return None
+        return load_init_generator(cfg.init_from, cfg.arch)
 
     def load_data(self) -> None:
         """The training pipeline, the steps per epoch and (chief) the val images of the sample grids."""
@@ -197,9 +211,16 @@ class TrainingRun:
         self.checkpoint = make_checkpoint(self.model, self.iterator, self.step_var, self.epoch_var, self.phase_var)
         self.skips = SkippedUpdates(self.model)
 
-    def restore(self, resume) -> None:
-        """Restores the checkpoint at resume (if any) and sets the run's position from it."""
+    def restore(self, resume, init=None) -> None:
+        """Restores the checkpoint at resume (if any), else copies the generator init (--init_from) into
+        G, and sets the run's position."""
         cfg = self.cfg
+        if init is not None:
+            with self.strategy.scope():
+                copy_generator_weights(init, self.model.generator)
+            phase = f"{cfg.init_epoch} init epochs first" if cfg.init_epoch else "no init phase (--init_epoch=0)"
+            logger.info(f"Fine-tuning from {cfg.init_from}: G starts from its weights, D and the optimizers start "
+                        f"fresh; {phase}.")
         if resume:
             try:
                 self.checkpoint.restore(resume).assert_existing_objects_matched()

@@ -1,5 +1,6 @@
 """What a training run is built from: the distribution strategy, the model with its optimizers, the
-run's seeds, op determinism and dtype policy, and the step functions the loop calls.
+generator a fine-tuning run starts from, the run's seeds, op determinism and dtype policy, and the step
+functions the loop calls.
 
 Distribution: every worker builds the same input pipeline (same seed) and reads the same global
 batch; replica r of the global replica group takes rows [r*b, (r+1)*b) of it, b = batch_size /
@@ -12,15 +13,17 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from anime_gan.errors import ConfigError, ModelError, PathNotFoundError, first_line
 from anime_gan.nets import generator_class
 from anime_gan.nets.discriminator import Discriminator
 from anime_gan.nets.vgg import load_vgg19
 from anime_gan.training.config import TrainConfig
 from anime_gan.training.gan import AnimeGAN, make_adam
 from anime_gan.training.health import step_health
+from anime_gan.weights import ARCH_LABEL, load_generator
 
-__all__ = ["UNTRAINED_VGG_WARNING", "build_model", "configure", "is_chief", "make_strategy", "split_batch",
-           "step_functions"]
+__all__ = ["UNTRAINED_VGG_WARNING", "build_model", "configure", "copy_generator_weights", "is_chief",
+           "load_init_generator", "make_strategy", "split_batch", "step_functions"]
 
 UNTRAINED_VGG_WARNING = (
     "the perceptual VGG19 has RANDOM weights ({source}): content and style losses do not "
@@ -76,6 +79,39 @@ def build_model(cfg: TrainConfig, strategy):
             optimizers = [keras.optimizers.LossScaleOptimizer(o) for o in optimizers]
         model.compile(*optimizers)
     return model
+
+
+def load_init_generator(model: str, arch: str):
+    """The generator a fine-tuning run starts from (--init_from): any model `load_generator` reads,
+    in float32. One sentence when it is missing or not a generator (PathNotFoundError, ModelError),
+    of the other architecture than --arch, or computing the PyTorch port's forward (ConfigError): a
+    run trains the official forward, and its checkpoints record no generator options (docs/training.md,
+    "Fine-tune on your own style")."""
+    try:
+        generator = load_generator(model, policy="float32")
+    except (PathNotFoundError, ModelError) as e:
+        raise type(e)(f"--init_from={model}: {first_line(e)}.") from None
+    if generator.arch != arch:
+        recipe = " (configs/finetune_v2.cfg sets it with v2's loss weights)" if generator.arch == "v2" else ""
+        raise ConfigError(f"--init_from={model} holds an {ARCH_LABEL[generator.arch]} generator but --arch={arch} "
+                          f"trains {ARCH_LABEL[arch]}; pass --arch={generator.arch}{recipe}, or a model of --arch={arch}.")
+    options = generator.options()
+    if options:
+        what = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+        raise ConfigError(f"--init_from={model} computes the PyTorch port's forward ({what}), which training does not "
+                          f"build (it trains the official AnimeGANv2 forward); start from an official model instead, "
+                          f"e.g. hayao-v2, paprika-v2, shinkai-v2 or an official TF1 checkpoint.")
+    return generator
+
+
+def copy_generator_weights(source, target) -> None:
+    """Sets every weight of the built generator `target` to the one of `source`, an equal network."""
+    pairs = list(zip(source.weights, target.weights, strict=True))
+    for s, t in pairs:
+        if tuple(s.shape) != tuple(t.shape):
+            raise ValueError(f"generator weight {t.path} is {tuple(t.shape)}, the source's {s.path} {tuple(s.shape)}.")
+    for s, t in pairs:
+        t.assign(s.value)
 
 
 def configure(cfg: TrainConfig):
