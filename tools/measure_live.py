@@ -86,8 +86,13 @@ def in_chromium(url, size, precision, seconds):
                                timeout=300_000)
         if page.evaluate("document.body.dataset.live") == "error":
             sys.exit(f"error: {page.inner_text('#error')}")
+        shown_frame = "Number(document.getElementById('live_result').dataset.frame || 0)"
+        page.wait_for_function(f"{shown_frame} >= 2", timeout=300_000)
+        first, started = page.evaluate(shown_frame), time.monotonic()
         time.sleep(seconds)
-        shown = f"{page.inner_text('#live_fps')}; {page.inner_text('#live_timing')}"
+        counted = (page.evaluate(shown_frame) - first) / (time.monotonic() - started)
+        shown = (f"{page.inner_text('#live_fps')} ({counted:.2f} frames/s counted over {seconds:.0f} s); "
+                 f"{page.inner_text('#live_timing')}")
         page.click("#live_stop")
         browser.close()
     return shown

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import threading
 import time
 import uuid
@@ -25,8 +24,6 @@ from flask import Response, jsonify, request
 from anime_gan.errors import USER_ERRORS, ConfigError, UserError
 from anime_gan.image_io import ImageError
 from anime_gan.web import choices, uploads
-
-log = logging.getLogger(__name__)
 
 SIZES = (128, 192, 256, 384, 512)  # square frames (the camera picture's centre), in pixels
 DEFAULT_SIZE = 256

@@ -5,6 +5,7 @@
 "use strict";
 
 const SEND_QUALITY = 0.85;  // the JPEG quality of the frames sent (the server answers at the same)
+const WINDOW = 10;  // frames/s and the times shown are over the last WINDOW frames
 const live = { session: null, stream: null, shown: [], timings: [], shownAt: 0 };
 
 function setLive(state) { document.body.dataset.live = state; }
@@ -154,8 +155,8 @@ async function run(session, size) {
 function record(now, timing) {
   live.shown.push(now);
   live.timings.push(timing);
-  while (live.shown.length > 2 && now - live.shown[0] > 3000) live.shown.shift();  // a 3 s window
-  while (live.timings.length > 10) live.timings.shift();
+  while (live.shown.length > WINDOW + 1) live.shown.shift();
+  while (live.timings.length > WINDOW) live.timings.shift();
   if (now - live.shownAt < 250 || live.shown.length < 2) return;  // the text changes 4 times a second
   live.shownAt = now;
   const fps = (live.shown.length - 1) / ((now - live.shown[0]) / 1000);
