@@ -129,6 +129,11 @@ class LiveStreams:
             self._use(session, -1)
         return session
 
+    def busy(self):
+        """Whether a stream holds the camera (a page asks before it opens its own camera)."""
+        with self._lock:
+            return self.active is not None and not self.active.expired(time.monotonic())
+
     def session(self, sid):
         """The running Session with this id, or NoStream (an expired one is released here)."""
         with self._lock:
@@ -197,6 +202,7 @@ def answer_error(e):
 class LiveRoutes:
     """The Flask views of the live camera (registered by `anime_gan.web.server.Page`):
 
+    GET  /api/live             -> {"busy": whether a stream runs, "message": the sentence if so}
     POST /api/live/start       form model, size, precision -> {"session", "size", "precision", ...}
     POST /api/live/<sid>/frame body: a JPEG (or PNG) of size x size -> the stylized JPEG; the header
                                X-Frame numbers it, Server-Timing gives decode, wait, model and encode in ms
@@ -205,6 +211,10 @@ class LiveRoutes:
 
     def __init__(self, streams):
         self.streams = streams
+
+    def state(self):
+        busy = self.streams.busy()
+        return jsonify({"busy": busy, "message": busy_message() if busy else None})
 
     def start(self):
         form = request.form

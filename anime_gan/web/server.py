@@ -58,6 +58,7 @@ class Page:
         app.add_url_rule("/api/jobs/<rid>", view_func=self.job_state, methods=["GET"])
         app.add_url_rule("/api/files/<rid>/<filename>", view_func=self.files, methods=["GET"])
         routes = live.LiveRoutes(self.live)
+        app.add_url_rule("/api/live", view_func=routes.state, methods=["GET"])
         app.add_url_rule("/api/live/start", view_func=routes.start, methods=["POST"])
         app.add_url_rule("/api/live/<sid>/frame", view_func=routes.frame, methods=["POST"])
         app.add_url_rule("/api/live/<sid>/stop", view_func=routes.stop, methods=["POST"])

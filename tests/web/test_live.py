@@ -89,6 +89,10 @@ class Client:
         data = response.read()
         return response, data
 
+    def get(self, path):
+        self.connection.request("GET", path)
+        return json.loads(self.connection.getresponse().read())
+
     def start(self, **form):
         response, data = self.post("/api/live/start", form={"model": "m0", **form})
         return response.status, json.loads(data)
@@ -160,9 +164,12 @@ def test_bad_frames_and_streams_get_one_sentence(server, streams):
         "error": f"there is no live stream '{other}' on this server (it was stopped, or no frame came for 5 s); "
                  "start the camera again."})
     assert client.start(size=SIZE) == (409, {"error": live.busy_message()})  # a second stream
+    assert client.get("/api/live") == {"busy": True, "message": live.busy_message()}  # asked before the camera
     assert "another page is using the live camera (this server runs one stream at a time)" in live.busy_message()
     response, _ = client.post(f"/api/live/{sid}/frame", jpeg(textured((SIZE, SIZE, 3), seed=5)))
     assert response.status == 200  # the bad frames did not end the stream
+    client.post(f"/api/live/{sid}/stop")
+    assert client.get("/api/live") == {"busy": False, "message": None}
 
 
 def test_the_lease_ends_a_stream_that_sends_nothing(server, streams, monkeypatch):

@@ -55,29 +55,41 @@ async function startLive() {
   setLive("starting");
   $("live_start").disabled = true;
   $("live_fps").textContent = "starting…";
-  $("live_timing").textContent = "Loading the model and running it once at this size…";
-  // The server first: a second page is told the camera is in use before its own camera opens.
-  const answer = await postForm("/api/live/start", {
-    model: $("model").value, size: $("live_size").value, precision: $("live_precision").value });
-  if (answer.error) return liveFail(answer.error);
-  const session = answer.session;
-  live.session = session;
+  $("live_timing").textContent = "";
+  // Asked first, so that a second page is told before it opens its camera; the stream itself starts once
+  // the camera is open (the browser's permission question may take longer than the stream's lease).
+  let state;
   try {
-    live.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } } });
+    state = await (await fetch("/api/live")).json();
   } catch (e) {
-    await stopLive();
+    return liveFail(`the server did not answer (${e.message}); is python -m anime_gan.app still running?`);
+  }
+  if (state.busy) return liveFail(state.message);
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } } });
+  } catch (e) {
     return liveFail(`the camera could not be opened (${e.message}); allow it in the browser, or use a photo instead.`);
   }
-  if (live.session !== session) { live.stream.getTracks().forEach((t) => t.stop()); return; }
+  live.stream = stream;
   const video = $("live_camera");
-  video.srcObject = live.stream;
+  video.srcObject = stream;
   await video.play().catch(() => {});
   $("live_stop").disabled = false;
+  $("live_timing").textContent = "Loading the model and running it once at this size…";
+  const answer = await postForm("/api/live/start", {
+    model: $("model").value, size: $("live_size").value, precision: $("live_precision").value });
+  if (live.stream !== stream) {  // stopped meanwhile
+    if (answer.session) postForm(`/api/live/${answer.session}/stop`, {});
+    return;
+  }
+  if (answer.error) return liveFail(answer.error);
+  live.session = answer.session;
   $("live_caption").textContent = `${answer.size} × ${answer.size} · ${answer.precision}`;
   live.shown = [];
   live.timings = [];
   setLive("on");
-  run(session, answer.size);
+  run(answer.session, answer.size);
 }
 
 async function stopLive() {
