@@ -7,7 +7,9 @@ the page's own app on 127.0.0.1, then
 1. posts --frames camera-like JPEGs to /api/live/<id>/frame over one keep-alive connection from Python
    and prints the medians of the server's decode, wait (for the model's lock), model and encode times
    (its Server-Timing header), of the rest of the round trip (HTTP: werkzeug, Flask, the socket, this
-   client in the same process), and of a plain Stylizer call;
+   client in the same process), and of a plain Stylizer call; then the same with a stand-in model that
+   returns its frame at once, and one that first sleeps as long as the model took (what the page costs
+   around any model, and how much of it is waiting itself);
 2. streams Chromium's fake camera through the page for --seconds (Debian's headless Chromium through
    Playwright; skipped without it) and prints the frames/s and per-frame times the page shows.
 docs/deploy.md's page section holds the results.
@@ -67,6 +69,21 @@ def over_http(port, size, precision, frames):
         rows.append({**times, "HTTP": round_trip - sum(times.values()), "round trip": round_trip})
     post(f"/api/live/{sid}/stop", b"", "text/plain")
     return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+
+
+def stand_in_models(choices, seconds):
+    """Models whose one model returns its frame after `seconds`: the route's own cost."""
+
+    def stand_in(images):
+        time.sleep(seconds)
+        return images.copy()
+
+    class StandIn(choices.Models):
+        def get(self, key, precision="float32"):
+            self.choice(key)
+            return stand_in
+
+    return StandIn([choices.ModelChoice("m0", "stand-in", "stand-in", "", "returns its frame", "--model")])
 
 
 def in_chromium(url, size, precision, seconds):
@@ -130,6 +147,15 @@ def main():
             print(f"{args.size}x{args.size} {args.precision}, load average {os.getloadavg()[0]:.1f}, medians of "
                   f"{args.frames} frames (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items())
                   + f"; a plain Stylizer call {statistics.median(calls):.1f}")
+            for seconds in (0.0, medians["model"] / 1000):
+                stand_in = server.Server(server.create_app(stand_in_models(choices, seconds),
+                                                           os.path.join(folder, f"work{seconds}")), "127.0.0.1", 0)
+                try:
+                    found = over_http(stand_in.start().port, args.size, args.precision, min(args.frames, 20))
+                finally:
+                    stand_in.stop()
+                print(f"with a stand-in model sleeping {seconds * 1000:.0f} ms (ms): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in found.items()))
             if os.path.exists(CHROMIUM):
                 print("page:", in_chromium(page.url, args.size, args.precision, args.seconds))
         finally:

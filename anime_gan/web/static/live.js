@@ -128,6 +128,7 @@ async function run(session, size) {
   const sourceContext = source.getContext("2d");
   const out = $("live_result");
   out.width = out.height = size;
+  delete out.dataset.frame;
   const outContext = out.getContext("2d");
   while (live.session === session) {
     if (video.readyState < 2 || !video.videoWidth) {  // no picture yet
@@ -140,7 +141,7 @@ async function run(session, size) {
                             0, 0, size, size);
     const blob = await new Promise((resolve) => source.toBlob(resolve, "image/jpeg", SEND_QUALITY));
     const sent = performance.now();
-    let response, picture;
+    let response, data;
     try {
       response = await fetch(`/api/live/${session}/frame`, {
         method: "POST", body: blob, headers: { "Content-Type": "image/jpeg" } });
@@ -149,19 +150,28 @@ async function run(session, size) {
         if (live.session === session) liveFail(answer.error);
         return;
       }
-      picture = await createImageBitmap(await response.blob());
+      data = await response.blob();
     } catch (e) {
       if (live.session === session) liveFail(`the server did not answer (${e.message}); is python -m anime_gan.app still running?`);
       return;
     }
     const answered = performance.now();
-    if (live.session !== session) { picture.close(); return; }
-    outContext.drawImage(picture, 0, 0);
-    picture.close();
-    out.dataset.frame = response.headers.get("X-Frame");
+    if (live.session !== session) return;
+    show(session, data, Number(response.headers.get("X-Frame")), outContext);  // decoded while the next frame goes
     record(answered, { capture: sent - started, roundTrip: answered - sent,
                        ...serverTimes(response.headers.get("Server-Timing")) });
   }
+}
+
+// Draws a stylized frame once decoded, unless a newer one is already shown or the stream has ended.
+async function show(session, data, number, context) {
+  const picture = await createImageBitmap(data);
+  const out = context.canvas;
+  if (live.session === session && number > Number(out.dataset.frame || 0)) {
+    context.drawImage(picture, 0, 0);
+    out.dataset.frame = number;
+  }
+  picture.close();
 }
 
 function record(now, timing) {
