@@ -11,6 +11,7 @@ const live = { session: null, stream: null, shown: [], timings: [], shownAt: 0 }
 function setLive(state) { document.body.dataset.live = state; }
 
 function setMode(mode) {
+  if (document.body.dataset.mode && document.body.dataset.mode !== mode) showError(null);  // the other mode's
   document.body.dataset.mode = mode;
   $("mode_upload").setAttribute("aria-selected", String(mode !== "live"));
   $("mode_live").setAttribute("aria-selected", String(mode === "live"));
