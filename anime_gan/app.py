@@ -7,6 +7,7 @@ The page lists the models found (every --model, the official weights downloaded 
 `anime_gan.pretrained`, the training runs in the weights folder) with the architecture and style
 each holds; takes an image (file, drag and drop, paste, webcam) or a video; shows photo and result
 side by side with a download (PNG, MP4); and offers --adjust_brightness and the size cap as controls.
+Its live camera mode stylizes the webcam frame by frame (one stream at a time; `anime_gan.web.live`).
 It runs the command line's own functions (`anime_gan.web`), so a bad upload gets the command line's
 one-sentence message. Models load on first use and stay loaded; one request at a time runs through
 them. Bound to 127.0.0.1 by default: the page has no login, so --host=0.0.0.0 opens it to the network.

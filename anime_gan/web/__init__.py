@@ -2,6 +2,7 @@
 
     choices   the models the page offers (`find_models`) and the loaded ones (`Models`)
     uploads   one image or video upload through the command line's own functions, the results kept
+    live      the live camera: one stream at a time, its lease, one frame in and out (`LiveStreams`)
     server    the Flask application (`create_app`, its routes) and a werkzeug `Server`
     static/   the page itself: plain HTML, CSS and JS, no CDN, no build step
 

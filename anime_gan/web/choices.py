@@ -19,6 +19,9 @@ from anime_gan.weights import ARCH_LABEL, catalogue, resolve_model, source_spec
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("float32",)  # what Models.get runs a model in
+DEFAULT_PRECISION = "float32"
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelChoice:
@@ -131,9 +134,12 @@ class Models:
     def is_loaded(self, key):
         return key in self._loaded
 
-    def get(self, key):
-        """The Stylizer of a model; call with `lock` held (loading runs TensorFlow too)."""
+    def get(self, key, precision=DEFAULT_PRECISION):
+        """The Stylizer of a model in `precision` (one of PRECISIONS); call with `lock` held (loading runs
+        TensorFlow too)."""
         choice = self.choice(key)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r} is not offered here; use {' or '.join(PRECISIONS)}.")
         if key not in self._loaded:
             started = time.monotonic()
             self._loaded[key] = inference.load_model(choice.path, max_side=self.max_side)

@@ -2,7 +2,8 @@
 
 Routes: `/` the page (static/index.html), `/static/*` its CSS and JS, `/api/config` the models and
 controls, `/api/stylize` an upload (an image is answered at once, a video starts a job),
-`/api/jobs/<id>` a video job's state, `/api/files/<id>/<name>` a kept result (`?download=1`).
+`/api/jobs/<id>` a video job's state, `/api/files/<id>/<name>` a kept result (`?download=1`),
+`/api/live/...` the live camera (`anime_gan.web.live`: start, one frame, stop).
 Every error is `{"error": sentence}`; a bug is logged with its traceback and the server goes on.
 """
 
@@ -23,7 +24,7 @@ from anime_gan import constants as C
 from anime_gan import image_io, inference
 from anime_gan.errors import USER_ERRORS, ConfigError
 from anime_gan.web import DEFAULT_PORT, DEFAULT_UPLOAD_MB
-from anime_gan.web import uploads
+from anime_gan.web import live, uploads
 from anime_gan.web.uploads import Results, VideoJob
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Page:
         self.max_upload_bytes = max_upload_bytes
         self.results = Results(work_dir)
         self.jobs = {}  # result id -> VideoJob
+        self.live = live.LiveStreams(models)
 
     def register(self, app):
         app.register_error_handler(RequestEntityTooLarge, self.too_large)
@@ -55,6 +57,11 @@ class Page:
         app.add_url_rule("/api/stylize", view_func=self.stylize_upload, methods=["POST"])
         app.add_url_rule("/api/jobs/<rid>", view_func=self.job_state, methods=["GET"])
         app.add_url_rule("/api/files/<rid>/<filename>", view_func=self.files, methods=["GET"])
+        routes = live.LiveRoutes(self.live)
+        app.add_url_rule("/api/live", view_func=routes.state, methods=["GET"])
+        app.add_url_rule("/api/live/start", view_func=routes.start, methods=["POST"])
+        app.add_url_rule("/api/live/<sid>/frame", view_func=routes.frame, methods=["POST"])
+        app.add_url_rule("/api/live/<sid>/stop", view_func=routes.stop, methods=["POST"])
 
     # ---- errors
 
@@ -84,6 +91,7 @@ class Page:
             "max_upload_bytes": self.max_upload_bytes,
             "image_suffixes": list(image_io.IMAGE_SUFFIXES),
             "video_suffixes": list(image_io.VIDEO_SUFFIXES),
+            "live": live.offered(),
         })
 
     def stylize_upload(self):
@@ -184,7 +192,7 @@ def create_app(models, work_dir, max_upload_bytes=DEFAULT_UPLOAD_MB * 2**20):
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     page = Page(models, work_dir, max_upload_bytes)
     page.register(app)
-    app.extensions["anime_gan"] = {"models": models, "results": page.results, "jobs": page.jobs}
+    app.extensions["anime_gan"] = {"models": models, "results": page.results, "jobs": page.jobs, "live": page.live}
     return app
 
 

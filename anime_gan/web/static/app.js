@@ -1,5 +1,5 @@
 // The page of `python -m anime_gan.app`: plain JS, no library. body[data-state] is idle | busy | done |
-// error, for people and for tests (tests/web/test_app.py).
+// error, for people and for tests (tests/web/test_app.py). The live camera is live.js.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -92,6 +92,7 @@ function describeModel() {
 }
 
 function rerunImage() {
+  if (document.body.dataset.mode === "live") return;  // the live camera restarts itself (live.js)
   if (lastFile && !isVideo(lastFile.name) && document.body.dataset.state !== "busy") submit(lastFile);
 }
 
