@@ -90,6 +90,13 @@ def define_flags():
         "openvino (float32 via ONNX, converted once and cached; an .onnx --model runs in one of them), "
         "litert, or auto: the fastest float-accurate runtime measured on this machine (see "
         "python -m anime_gan.runtimes).")
+    flags.DEFINE_boolean(
+        "faces", False,
+        "Face mode: find each face (MTCNN, the `faces` extra), stylize it aligned in a --face_size square with "
+        "--face_model and paste it over the photo stylized by --model; says per image how many faces it used.")
+    flags.DEFINE_string("face_model", None, "The model for the faces in --faces (the same forms; default: --model).")
+    flags.DEFINE_integer("face_size", C.FACE_SIZE, "Side of the aligned square a face is stylized in (--faces).",
+                         lower_bound=C.MIN_SIDE)
 
 
 def main(argv):
@@ -102,7 +109,8 @@ def main(argv):
                          else "")
     try:
         summary = inference.run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
-                                FLAGS.max_side, runtime=FLAGS.runtime)
+                                FLAGS.max_side, runtime=FLAGS.runtime, faces=FLAGS.faces, face_model=FLAGS.face_model,
+                                face_size=FLAGS.face_size)
     except inference.Interrupted as stopped:
         stopped.warn()
         raise  # `anime_gan.cli.run` says "interrupted (Ctrl-C)" and exits with 130
@@ -118,8 +126,8 @@ def main(argv):
 class _CallableModule(types.ModuleType):
     """`anime_gan.stylize` is this module; calling it calls `anime_gan.inference.stylize`."""
 
-    def __call__(self, image_uint8, model=None, adjust_brightness=False):
-        return inference.stylize(image_uint8, model=model, adjust_brightness=adjust_brightness)
+    def __call__(self, image_uint8, model=None, adjust_brightness=False, **options):
+        return inference.stylize(image_uint8, model=model, adjust_brightness=adjust_brightness, **options)
 
 
 sys.modules[__name__].__class__ = _CallableModule
