@@ -14,7 +14,9 @@ reported one line each (an image too large for --max_side is refused from its he
 decoded); the others are still written, and the command exits with status 1 and a summary. So does
 a video whose frames could not all be decoded (it is written without them). Ctrl-C stops after the
 batch in hand is written, names what was written and exits with 130; a second Ctrl-C stops at once.
-The same things from Python:
+--faces stylizes each face aligned in its own --face_size square with --face_model (default --model) and
+pastes it over the plain result (`anime_gan.inference.faces`; the `faces` extra); one line per image
+says how many faces it found and used. The same things from Python:
 
     >>> import anime_gan
     >>> anime = anime_gan.stylize(photo_uint8, model="checkpoints/hayao")

@@ -6,7 +6,7 @@ main model, exactly as a plain run makes it) through the inverse transform, with
     >>> result, count = mode.apply(photo, background)  # uint8 [H, W, 3] both; count.sentence()
 
 Detection: MTCNN (the `mtcnn` package: TensorFlow, its weights inside its wheel), on the photo shrunk to
-at most DETECT_MAX_SIDE pixels; why this library and what it finds: docs/inference.md#face-mode.
+at most DETECT_MAX_SIDE pixels; why this library and what it finds: docs/inference.md#face-mode---faces.
 Alignment: the similarity transform (rotation, uniform scale, shift) that best takes the eyes and mouth
 corners to FACE_TEMPLATE, fitted by OpenCV. Memory: one crop per face, and the paste works on the face's
 own rectangle in strips of PASTE_ROWS rows, so a large photo costs no full-size float copy.
