@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 
-from anime_gan import image_io
 from anime_gan import constants as C
+from anime_gan import image_io
 from anime_gan.errors import ConfigError
 from anime_gan.image_io import ImageError
 from anime_gan.inference import faces as face_mode
@@ -316,8 +316,8 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
     adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
     faces: face mode (`anime_gan.inference.faces`), each face stylized by face_model (default: model) in
     an aligned face_size crop and pasted over the photo stylized by model; one line per image says
-    what was found. Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an unusable
-    --input, --output, --model or flag, before anything is written. Messages go to the
+    what was found. Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an
+    unusable --input, --output, --model or flag, before anything is written. Messages go to the
     "anime_gan.inference" loggers. Ctrl-C (in the main thread) stops once the batch in hand is written
     and raises `Interrupted`, a KeyboardInterrupt holding the Summary of what was written.
     """
@@ -330,11 +330,11 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
         face_mode.require_detector()  # before anything loads
     kind, jobs, videos = plan_jobs(input_path, output_path)
     stylizer = load_model(model, max_side=max_side, runtime=runtime)
+    paster = None  # face mode's FaceMode
     if faces:
         same = face_model is None or face_model == model
-        faces = face_mode.FaceMode(stylizer if same else load_model(face_model, runtime=runtime), face_size,
-                                   batch_size=batch_size)
-    faces = faces or None
+        paster = face_mode.FaceMode(stylizer if same else load_model(face_model, runtime=runtime), face_size,
+                                    batch_size=batch_size)
     summary = Summary(inputs=len(jobs) + len(videos))
     # disable=None: a bar on a terminal, none in logs and pipes.
     disable = None if show_progress is None else not show_progress
@@ -343,18 +343,18 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
         try:
             if kind == "video":
                 bar.unit = "frame"
-                video_job(stylizer, videos[0][0], videos[0][1], batch_size, adjust, summary, bar, stop, faces)
+                video_job(stylizer, videos[0][0], videos[0][1], batch_size, adjust, summary, bar, stop, paster)
                 return summary
             if videos:
                 bar.unit = "file"
             bar.reset(total=len(jobs) + len(videos))
             stylize_images(stylizer, jobs, batch_size, adjust, progress=bar, summary=summary, stop=stop,
-                           faces=faces)
+                           faces=paster)
             for src, dst in videos:
                 # Frames on a second bar under the files' bar.
                 with tqdm(total=0, unit="frame", desc=src.name, disable=disable, leave=False, position=1,
                           file=sys.stderr, dynamic_ncols=True) as frames:
-                    video_job(stylizer, src, dst, batch_size, adjust, summary, frames, stop, faces)
+                    video_job(stylizer, src, dst, batch_size, adjust, summary, frames, stop, paster)
                 bar.update(1)
             return summary
         except KeyboardInterrupt:

@@ -12,7 +12,7 @@ skimage_data = pytest.importorskip("skimage.data")
 import anime_gan  # noqa: E402
 from anime_gan.web import choices  # noqa: E402
 from helpers import max_diff, read_rgb, seeded_generator, write_rgb  # noqa: E402
-from test_app import CHROMIUM, browser, download, start, upload  # noqa: E402,F401 - `browser` is a fixture
+from test_app import browser, download, start, upload  # noqa: E402,F401 - `browser` is a fixture
 
 
 @pytest.fixture(scope="module")
