@@ -13,7 +13,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # The development venv holds every optional runtime, so the tests of each run (users pick extras).
-DEV_EXTRAS ?= test,onnx,openvino,tflite,app
+DEV_EXTRAS ?= test,onnx,openvino,tflite,app,faces
 $(VENV)/.installed: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

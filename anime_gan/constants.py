@@ -83,6 +83,12 @@ ACCEPTED_FORMS = ", ".join(MODEL_FORMS[:-1]) + " or " + MODEL_FORMS[-1]
 RUNTIMES = ("auto", "tensorflow", "onnxruntime", "openvino", "litert")
 TFLITE_PRECISIONS = ("float32", "float16", "int8", "int8_full")
 
+# Face mode (`stylize --faces`): the side of the aligned square crop a face model stylizes (the PyTorch
+# port's face_paint models were trained on aligned 512 x 512 faces), and the smallest face (the longer
+# side of its detected box, in photo pixels) given to the face model; smaller ones keep the background.
+FACE_SIZE = 512
+MIN_FACE_SIDE = 48
+
 _CHECKPOINT_NUMBER = re.compile(r"-(\d+)(?:\.ckpt)?$")
 
 

@@ -14,7 +14,9 @@ reported one line each (an image too large for --max_side is refused from its he
 decoded); the others are still written, and the command exits with status 1 and a summary. So does
 a video whose frames could not all be decoded (it is written without them). Ctrl-C stops after the
 batch in hand is written, names what was written and exits with 130; a second Ctrl-C stops at once.
-The same things from Python:
+--faces stylizes each face aligned in its own --face_size square with --face_model (default --model) and
+pastes it over the plain result (`anime_gan.inference.faces`; the `faces` extra); one line per image
+says how many faces it found and used. The same things from Python:
 
     >>> import anime_gan
     >>> anime = anime_gan.stylize(photo_uint8, model="checkpoints/hayao")
@@ -90,6 +92,13 @@ def define_flags():
         "openvino (float32 via ONNX, converted once and cached; an .onnx --model runs in one of them), "
         "litert, or auto: the fastest float-accurate runtime measured on this machine (see "
         "python -m anime_gan.runtimes).")
+    flags.DEFINE_boolean(
+        "faces", False,
+        "Face mode: find each face (MTCNN, the `faces` extra), stylize it aligned in a --face_size square with "
+        "--face_model and paste it over the photo stylized by --model; says per image how many faces it used.")
+    flags.DEFINE_string("face_model", None, "The model for the faces in --faces (the same forms; default: --model).")
+    flags.DEFINE_integer("face_size", C.FACE_SIZE, "Side of the aligned square a face is stylized in (--faces).",
+                         lower_bound=C.MIN_SIDE)
 
 
 def main(argv):
@@ -102,7 +111,8 @@ def main(argv):
                          else "")
     try:
         summary = inference.run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
-                                FLAGS.max_side, runtime=FLAGS.runtime)
+                                FLAGS.max_side, runtime=FLAGS.runtime, faces=FLAGS.faces, face_model=FLAGS.face_model,
+                                face_size=FLAGS.face_size)
     except inference.Interrupted as stopped:
         stopped.warn()
         raise  # `anime_gan.cli.run` says "interrupted (Ctrl-C)" and exits with 130
@@ -118,8 +128,8 @@ def main(argv):
 class _CallableModule(types.ModuleType):
     """`anime_gan.stylize` is this module; calling it calls `anime_gan.inference.stylize`."""
 
-    def __call__(self, image_uint8, model=None, adjust_brightness=False):
-        return inference.stylize(image_uint8, model=model, adjust_brightness=adjust_brightness)
+    def __call__(self, image_uint8, model=None, adjust_brightness=False, **options):
+        return inference.stylize(image_uint8, model=model, adjust_brightness=adjust_brightness, **options)
 
 
 sys.modules[__name__].__class__ = _CallableModule

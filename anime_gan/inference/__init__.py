@@ -7,7 +7,8 @@
 
 Modules, bottom up: `stylizer` (the Stylizer contract, brightness), `runners` (ONNX Runtime, OpenVINO,
 LiteRT), `runtimes` (`load_model` and the per-machine `auto` table), `api` (the one-image API),
-`folders` (plans, Summary, Ctrl-C), `pipeline` (`run`: image files in batches, videos), `video` (PyAV).
+`faces` (face mode: detect, align, paste), `folders` (plans, Summary, Ctrl-C), `pipeline` (`run`: image
+files in batches, videos), `video` (PyAV).
 Importing this package does not import TensorFlow.
 """
 

@@ -10,8 +10,10 @@ import os
 
 import numpy as np
 
+from anime_gan import constants as C
 from anime_gan import image_io
 from anime_gan.errors import ConfigError
+from anime_gan.inference import faces as face_mode
 from anime_gan.inference.runtimes import load_model, stylizer_from_generator
 from anime_gan.inference.stylizer import Stylizer, adjust_batch, brightness_mode
 
@@ -38,15 +40,19 @@ def get_model(model=None):
     raise TypeError(f"model must be a path, a Generator or a Stylizer, not {type(model).__name__}.")
 
 
-def stylize(image_uint8, model=None, adjust_brightness=False):
+def stylize(image_uint8, model=None, adjust_brightness=False, faces=False, face_model=None, face_size=C.FACE_SIZE):
     """Photo(s) -> anime, same size: uint8 [H, W, 3] or [N, H, W, 3] -> uint8 of the same shape.
 
     Grayscale, RGBA and 16-bit arrays are converted to 8-bit RGB first (`image_io.to_rgb_uint8`).
     model: any path `anime_gan.load_generator` accepts (loaded once), a Generator, or None for
     $ANIME_GAN_MODEL. adjust_brightness matches each result's mean brightness to its photo's:
-    "official" or True (the original's weights), "luma", or "none" / False (default).
+    "official" or True (the original's weights), "luma", or "none" / False (default). faces: face mode
+    (`anime_gan.inference.faces`): each face stylized by face_model (the same forms; default: model) in
+    an aligned face_size crop and pasted over the image stylized by model.
     """
     mode = brightness_mode(adjust_brightness)
+    if faces:
+        face_mode.require_detector()
     stylizer = get_model(model)
     array = np.asarray(image_uint8)
     batched = array.ndim == 4
@@ -57,5 +63,9 @@ def stylize(image_uint8, model=None, adjust_brightness=False):
     images = list(array) if batched else [array]
     images = np.stack([image_io.to_rgb_uint8(im) for im in images])
     stylizer.check_size(images.shape[1], images.shape[2])
-    out = adjust_batch(stylizer(images), images, mode)
+    out = stylizer(images)
+    if faces:
+        paster = face_mode.FaceMode(stylizer if face_model is None else get_model(face_model), face_size)
+        out = np.stack([paster.apply(photo, background)[0] for photo, background in zip(images, out)])
+    out = adjust_batch(out, images, mode)
     return out if batched else out[0]

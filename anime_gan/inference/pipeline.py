@@ -15,9 +15,11 @@ import sys
 
 import numpy as np
 
+from anime_gan import constants as C
 from anime_gan import image_io
 from anime_gan.errors import ConfigError
 from anime_gan.image_io import ImageError
+from anime_gan.inference import faces as face_mode
 from anime_gan.inference.folders import NEVER_STOP, Interrupted, StopOnCtrlC, Summary, plan_jobs
 from anime_gan.inference.runtimes import load_model
 from anime_gan.inference.stylizer import adjust_batch, adjust_brightness, brightness_mode
@@ -42,8 +44,8 @@ class ImageBatches:
     """The steps of one `stylize_images` call: read (ahead, in the pool), batch by size, run the model,
     write (behind, in the pool) and record each outcome in the Summary in order."""
 
-    def __init__(self, stylizer, batch_size, adjust, progress, summary, stop, pool):
-        self.stylizer, self.batch_size, self.adjust = stylizer, batch_size, adjust
+    def __init__(self, stylizer, batch_size, adjust, progress, summary, stop, pool, faces=None):
+        self.stylizer, self.batch_size, self.adjust, self.faces = stylizer, batch_size, adjust, faces
         self.progress, self.summary, self.stop, self.pool = progress, summary, stop, pool
         self.pending = collections.OrderedDict()  # (h, w) -> [(src, dst, image)]
         self.held = 0
@@ -121,6 +123,9 @@ class ImageBatches:
                 self.record(block=True)  # the reports keep the order of the batches
                 self.fail(src, str(out))
             else:
+                if self.faces is not None:  # face mode: faces pasted over the background, one line per image
+                    out, count = self.faces.apply(photo, out)
+                    log.info("%s: %s", src, count.sentence())
                 self.queue_write(src, dst, out, photo)
         self.record(block=False)
         while len(self.writes) > 2 * self.batch_size:  # memory: at most 2 batches of results wait to be written
@@ -177,7 +182,7 @@ class ImageBatches:
 
 
 def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None, summary=None,
-                   stop=NEVER_STOP, workers=IO_WORKERS):
+                   stop=NEVER_STOP, workers=IO_WORKERS, faces=None):
     """Stylizes [(source, destination)] image files in batches of equal size; returns a Summary
     (`summary`, when given, is filled in instead).
 
@@ -193,11 +198,11 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
     does everything in the calling thread, one step after the other. The files written are the
     same either way. stop.check() runs before each file is taken and each batch is stylized, never
     between a batch and its writing (see `StopOnCtrlC`): on a stop, the writes under way finish and
-    are listed before it propagates.
+    are listed before it propagates. faces: a `faces.FaceMode` (face mode) or None.
     """
     summary = Summary(inputs=len(jobs)) if summary is None else summary
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="stylize-io") if workers else None
-    steps = ImageBatches(stylizer, batch_size, brightness_mode(adjust), progress, summary, stop, pool)
+    steps = ImageBatches(stylizer, batch_size, brightness_mode(adjust), progress, summary, stop, pool, faces)
     reads = steps.reads(jobs)
     try:
         for src, dst, image in reads:
@@ -218,17 +223,24 @@ def stylize_images(stylizer, jobs, batch_size=DEFAULT_BATCH_SIZE, adjust=False, 
 # Videos
 
 
-def video_frames_fn(stylizer, adjust):
-    """uint8 [N, H, W, 3] frames -> their stylized frames, brightness-matched to them per `adjust`."""
+def video_frames_fn(stylizer, adjust, faces=None, counts=None):
+    """uint8 [N, H, W, 3] frames -> their stylized frames, brightness-matched to them per `adjust`; with
+    faces (a `faces.FaceMode`), faces pasted over each frame and each frame's FaceCount added to counts."""
 
     def fn(photos):
-        return adjust_batch(stylize_batch(stylizer, photos), photos, adjust)
+        out = stylize_batch(stylizer, photos)
+        if faces is not None:
+            done = [faces.apply(photo, frame) for photo, frame in zip(photos, out)]
+            out = np.stack([frame for frame, _ in done])
+            if counts is not None:
+                counts.extend(count for _, count in done)
+        return adjust_batch(out, photos, adjust)
 
     return fn
 
 
 def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, adjust=False, progress=None,
-                  stop=NEVER_STOP):
+                  stop=NEVER_STOP, faces=None):
     """Stylizes a video frame by frame into destination: H.264 in MP4 with the same frame timestamps
     (so fps), frame count and size, and the audio track kept (see `anime_gan.inference.video`).
 
@@ -238,28 +250,31 @@ def stylize_video(stylizer, source, destination, batch_size=DEFAULT_BATCH_SIZE, 
     frames announced by the container, 0 if it announces none and none failed to decode); frames
     that fail to decode are skipped, so the first number can be the smaller. Raises ImageError on
     an unreadable video. adjust: a --adjust_brightness mode (see `brightness_mode`), applied to
-    each frame with its source frame (RGB both).
+    each frame with its source frame (RGB both). faces: a `faces.FaceMode` (face mode) or None.
     """
-    written, announced, _ = _transform_video(stylizer, source, destination, batch_size, adjust, progress, stop)
+    written, announced, _ = _transform_video(stylizer, source, destination, batch_size, adjust, progress, stop,
+                                             faces)
     return written, announced
 
 
-def _transform_video(stylizer, source, destination, batch_size, adjust, progress, stop):
+def _transform_video(stylizer, source, destination, batch_size, adjust, progress, stop, faces=None):
     from anime_gan.inference import video  # PyAV: imported when a video is stylized
 
-    fn = video_frames_fn(stylizer, brightness_mode(adjust))
+    counts = []
+    fn = video_frames_fn(stylizer, brightness_mode(adjust), faces, counts)
     written, announced, info = video.transform_video(fn, source, destination, batch_size, progress=progress,
                                                      stop=stop, check_size=stylizer.check_size)
     if not announced and info.bad_packets:  # no count announced (MKV, WebM): the frames seen
         announced = written + info.bad_packets
+    info.face_counts = counts if faces is not None else None
     return written, announced, info
 
 
-def video_job(stylizer, source, destination, batch_size, adjust, summary, progress, stop=NEVER_STOP):
+def video_job(stylizer, source, destination, batch_size, adjust, summary, progress, stop=NEVER_STOP, faces=None):
     """stylize_video, its outcome recorded in summary and logged in one line."""
     try:
         frames, expected, info = _transform_video(stylizer, source, destination, batch_size, adjust, progress,
-                                                  stop)
+                                                  stop, faces)
     except ImageError as e:
         summary.fail(source, str(e))
     except OSError as e:
@@ -281,12 +296,13 @@ def _video_note(info):
     """What became of a video's sound and size, for the line that says it was written."""
     from anime_gan.inference import video
 
+    faces = "" if info.face_counts is None else f"; {face_mode.frames_sentence(info.face_counts)}"
     audio = ("no audio track" if info.audio is None else f"{info.audio} audio copied"
              if info.audio in video.AUDIO_COPY_CODECS else f"{info.audio} audio re-encoded to AAC")
     height, width = video.even_size(info.height, info.width)
     if (height, width) != (info.height, info.width):
         audio += f"; {info.height}x{info.width} written as {height}x{width}: {video.ODD_SIZE_NOTE}"
-    return audio
+    return audio + faces
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,12 +310,14 @@ def _video_note(info):
 
 
 def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=False, max_side=None,
-        show_progress=None, runtime="tensorflow"):
+        show_progress=None, runtime="tensorflow", faces=False, face_model=None, face_size=C.FACE_SIZE):
     """Everything `python -m anime_gan.stylize` does, minus flag parsing. Returns a Summary.
 
     adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
-    Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an unusable
-    --input, --output, --model or flag, before anything is written. Messages go to the
+    faces: face mode (`anime_gan.inference.faces`), each face stylized by face_model (default: model) in
+    an aligned face_size crop and pasted over the photo stylized by model; one line per image says
+    what was found. Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an
+    unusable --input, --output, --model or flag, before anything is written. Messages go to the
     "anime_gan.inference" loggers. Ctrl-C (in the main thread) stops once the batch in hand is written
     and raises `Interrupted`, a KeyboardInterrupt holding the Summary of what was written.
     """
@@ -308,8 +326,15 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
     adjust = brightness_mode(adjust)
     if batch_size < 1:
         raise ConfigError(f"--batch_size={batch_size} must be at least 1.")
+    if faces:
+        face_mode.require_detector()  # before anything loads
     kind, jobs, videos = plan_jobs(input_path, output_path)
     stylizer = load_model(model, max_side=max_side, runtime=runtime)
+    paster = None  # face mode's FaceMode
+    if faces:
+        same = face_model is None or face_model == model
+        paster = face_mode.FaceMode(stylizer if same else load_model(face_model, runtime=runtime), face_size,
+                                    batch_size=batch_size)
     summary = Summary(inputs=len(jobs) + len(videos))
     # disable=None: a bar on a terminal, none in logs and pipes.
     disable = None if show_progress is None else not show_progress
@@ -318,17 +343,18 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
         try:
             if kind == "video":
                 bar.unit = "frame"
-                video_job(stylizer, videos[0][0], videos[0][1], batch_size, adjust, summary, bar, stop)
+                video_job(stylizer, videos[0][0], videos[0][1], batch_size, adjust, summary, bar, stop, paster)
                 return summary
             if videos:
                 bar.unit = "file"
             bar.reset(total=len(jobs) + len(videos))
-            stylize_images(stylizer, jobs, batch_size, adjust, progress=bar, summary=summary, stop=stop)
+            stylize_images(stylizer, jobs, batch_size, adjust, progress=bar, summary=summary, stop=stop,
+                           faces=paster)
             for src, dst in videos:
                 # Frames on a second bar under the files' bar.
                 with tqdm(total=0, unit="frame", desc=src.name, disable=disable, leave=False, position=1,
                           file=sys.stderr, dynamic_ncols=True) as frames:
-                    video_job(stylizer, src, dst, batch_size, adjust, summary, frames, stop)
+                    video_job(stylizer, src, dst, batch_size, adjust, summary, frames, stop, paster)
                 bar.update(1)
             return summary
         except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from anime_gan import image_io, inference
 from anime_gan.deploy.saved_model import size_error
 from anime_gan.errors import USER_ERRORS, ConfigError
 from anime_gan.image_io import ImageError
+from anime_gan.inference import faces as face_mode
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,13 @@ class VideoJob:
         return out
 
 
-def stylize_image(models, key, data, filename, adjust="none", cap=None):
-    """Encoded bytes -> (photo RGB, result RGB, whether the model was loaded for it) as the command does
-    it; ImageError / ConfigError in one sentence (the command's own) for anything the user can fix."""
+def stylize_image(models, key, data, filename, adjust="none", cap=None, faces=False):
+    """Encoded bytes -> (photo RGB, result RGB, whether the model was loaded for it, face mode's sentence
+    or None) as the command does it (faces: `stylize --faces`, the model's own faces pasted over its
+    result); ImageError / ConfigError in one sentence (the command's own) for anything the user can fix."""
     mode = inference.brightness_mode(adjust)
+    if faces:
+        face_mode.require_detector()
     name = display_name(filename, "the image")
     with models.lock:
         loading = not models.is_loaded(key)
@@ -187,9 +191,13 @@ def stylize_image(models, key, data, filename, adjust="none", cap=None):
     check(image.shape[0], image.shape[1], name)  # the EXIF orientation may have turned it
     with models.lock:
         result = models.run(key, image[None])[0][0]
+        said = None
+        if faces:
+            result, count = face_mode.FaceMode(stylizer).apply(image, result)
+            said = count.sentence()
     if mode != "none":
         result = inference.adjust_brightness(result, image, mode)
-    return image, result, loading
+    return image, result, loading, said
 
 
 def estimate_video_seconds(models, key, job, first):
@@ -201,7 +209,7 @@ def estimate_video_seconds(models, key, job, first):
                             + per_frame * max(job.frames, 1))
 
 
-def run_video_job(models, key, job, source, destination, adjust="none", cap=None):
+def run_video_job(models, key, job, source, destination, adjust="none", cap=None, faces=False):
     """Runs `anime_gan.inference.run` on one uploaded video for job (in a background thread); sets
     job.error (the command's sentence) or job.warning, not job.state."""
     try:
@@ -215,7 +223,7 @@ def run_video_job(models, key, job, source, destination, adjust="none", cap=None
                 size_checker(cap)(*first.shape[:2], job.name)
                 estimate_video_seconds(models, key, job, first)
             summary = inference.run(models.choice(key).path, str(source), str(destination), adjust=mode,
-                                    max_side=cap, show_progress=False)
+                                    max_side=cap, show_progress=False, faces=faces)
     except USER_ERRORS as e:
         job.error = str(e).replace(str(source), job.name)
     except Exception as e:  # noqa: BLE001 - a bug: logged with its traceback, said in the page, server lives on

@@ -78,6 +78,7 @@ async function init() {
   select.addEventListener("change", () => { describeModel(); rerunImage(); });
   $("adjust").addEventListener("change", rerunImage);
   cap.addEventListener("change", rerunImage);
+  $("faces").addEventListener("change", rerunImage);
   setState("idle");
 }
 
@@ -129,6 +130,7 @@ async function submit(file) {
   form.append("model", $("model").value);
   form.append("adjust", $("adjust").value);
   form.append("max_side", $("max_side").value);
+  form.append("faces", $("faces").checked ? "1" : "0");
   let answer;
   try {
     const response = await fetch("/api/stylize", { method: "POST", body: form });
@@ -164,7 +166,7 @@ async function showImage(a, id) {
   fill("result_frame", result);
   $("photo_caption").textContent = `${a.name} · ${a.width} × ${a.height}`;
   $("result_caption").textContent = `${a.width} × ${a.height} · ${a.seconds.toFixed(2)} s` +
-    (a.model_loaded ? " with the model's loading" : "");
+    (a.model_loaded ? " with the model's loading" : "") + (a.faces ? ` · ${a.faces}` : "");
   const link = $("download");
   link.href = `${a.result}?download=1`;
   link.download = a.download_name;
