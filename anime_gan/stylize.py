@@ -30,6 +30,7 @@ import types
 from anime_gan import cli
 from anime_gan import constants as C
 from anime_gan import inference
+from anime_gan.deploy import CALIBRATION_PHOTOS
 from anime_gan.errors import EXIT_FAILED
 
 
@@ -88,8 +89,18 @@ def define_flags():
         "runtime", "tensorflow", list(C.RUNTIMES),
         "Where the generator runs: tensorflow (the default; large images in bounded memory), onnxruntime or "
         "openvino (float32 via ONNX, converted once and cached; an .onnx --model runs in one of them), "
-        "litert, or auto: the fastest float-accurate runtime measured on this machine (see "
+        "litert, or auto: the fastest runtime measured on this machine at --precision (see "
         "python -m anime_gan.runtimes).")
+    flags.DEFINE_enum(
+        "precision", "float32", list(C.PRECISIONS),
+        "Arithmetic of the generator: float32 (the default, every runtime), float16 (openvino, litert) or int8 "
+        "(onnxruntime, openvino: convolutions quantised once on calibration photos and cached, norms in float; "
+        "see docs/inference.md). With --runtime=auto the fastest runtime "
+        "measured here at that precision runs it.")
+    flags.DEFINE_string(
+        "calibration_dir", None,
+        f"A folder of real photos --precision=int8 is calibrated on (the first {CALIBRATION_PHOTOS}, sorted by name); default "
+        "scikit-image's sample photos.")
 
 
 def main(argv):
@@ -102,7 +113,8 @@ def main(argv):
                          else "")
     try:
         summary = inference.run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
-                                FLAGS.max_side, runtime=FLAGS.runtime)
+                                FLAGS.max_side, runtime=FLAGS.runtime, precision=FLAGS.precision,
+                                calibration_dir=FLAGS.calibration_dir)
     except inference.Interrupted as stopped:
         stopped.warn()
         raise  # `anime_gan.cli.run` says "interrupted (Ctrl-C)" and exits with 130
@@ -118,8 +130,9 @@ def main(argv):
 class _CallableModule(types.ModuleType):
     """`anime_gan.stylize` is this module; calling it calls `anime_gan.inference.stylize`."""
 
-    def __call__(self, image_uint8, model=None, adjust_brightness=False):
-        return inference.stylize(image_uint8, model=model, adjust_brightness=adjust_brightness)
+    def __call__(self, image_uint8, model=None, adjust_brightness=False, runtime="tensorflow", precision="float32"):
+        return inference.stylize(image_uint8, model=model, adjust_brightness=adjust_brightness, runtime=runtime,
+                                 precision=precision)
 
 
 sys.modules[__name__].__class__ = _CallableModule

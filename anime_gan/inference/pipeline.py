@@ -294,10 +294,11 @@ def _video_note(info):
 
 
 def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=False, max_side=None,
-        show_progress=None, runtime="tensorflow"):
+        show_progress=None, runtime="tensorflow", precision="float32", calibration_dir=None):
     """Everything `python -m anime_gan.stylize` does, minus flag parsing. Returns a Summary.
 
     adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
+    runtime, precision, calibration_dir: as `anime_gan.inference.load_model` takes them.
     Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an unusable
     --input, --output, --model or flag, before anything is written. Messages go to the
     "anime_gan.inference" loggers. Ctrl-C (in the main thread) stops once the batch in hand is written
@@ -309,7 +310,8 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
     if batch_size < 1:
         raise ConfigError(f"--batch_size={batch_size} must be at least 1.")
     kind, jobs, videos = plan_jobs(input_path, output_path)
-    stylizer = load_model(model, max_side=max_side, runtime=runtime)
+    stylizer = load_model(model, max_side=max_side, runtime=runtime, precision=precision,
+                          calibration_dir=calibration_dir)
     summary = Summary(inputs=len(jobs) + len(videos))
     # disable=None: a bar on a terminal, none in logs and pipes.
     disable = None if show_progress is None else not show_progress
