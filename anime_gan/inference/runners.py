@@ -41,9 +41,10 @@ from data_prep.files import write_bytes
 log = logging.getLogger(__name__)
 
 STATIC_SHAPES_KEPT = 4
-# The largest image (pixels) an int8 model runs: its working memory is about 1.3 kB (v1) and 0.9 kB
-# (v2) per pixel (docs/deploy.md#int8), so this stays within the 6 GiB TensorFlow's banded path is bounded by.
-INT8_MAX_PIXELS = 4 * 2**20
+# The largest image (pixels) an int8 model runs: its working memory peaked at 3.1 kB per pixel (v1 in
+# OpenVINO at 720p; docs/deploy.md#int8), so 2 MiB pixels (1080p fits) stay within the 6 GiB the
+# TensorFlow path is bounded by.
+INT8_MAX_PIXELS = 2 * 2**20
 # The Python package of each runtime and the pip extra that installs it.
 PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino"),
             "litert": ("ai_edge_litert", "litert")}

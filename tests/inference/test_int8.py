@@ -129,8 +129,9 @@ def test_int8_refuses_images_beyond_its_bound_in_one_sentence():
     side = int(np.sqrt(runners.INT8_MAX_PIXELS)) + 1
     with pytest.raises(ImageError) as e:
         stylizer.check_size(side, side, "big.png")
-    assert str(e.value).startswith(f"big.png is {side}x{side}, more than the 4 megapixels int8 runs whole; "
-                                   "stylize it with --precision=float32")
+    assert str(e.value).startswith(f"big.png is {side}x{side}, more than the {runners.INT8_MAX_PIXELS // 2**20} "
+                                   "megapixels int8 runs whole; stylize it with --precision=float32")
+    stylizer.check_size(1080, 1920)  # full HD runs
     stylizer.check_size(side - 1, side - 1)  # within the bound: no error
     float_stylizer = runners.RuntimeStylizer(lambda x: x, 8192, "test", "onnxruntime")
     float_stylizer.check_size(side, side)
