@@ -79,9 +79,17 @@ MODEL_FORMS = (
 )
 ACCEPTED_FORMS = ", ".join(MODEL_FORMS[:-1]) + " or " + MODEL_FORMS[-1]
 
-# Where inference runs (`stylize --runtime`), and the precisions an export can be written in.
+# Where inference runs (`stylize --runtime`) and in what arithmetic (`stylize --precision`, the API, the
+# page; docs/inference.md): float16 is OpenVINO's f16 inference hint or LiteRT's float16 weights; int8
+# is convolutions quantised statically (int8 weights per channel, uint8 activations) with the norms in
+# float (`anime_gan.deploy.quantize`). TFLite adds int8_full (every tensor int8, `anime_gan.deploy.tflite`;
+# its "int8" is dynamic-range quantisation, int8 weights and activations quantised on the fly).
 RUNTIMES = ("auto", "tensorflow", "onnxruntime", "openvino", "litert")
-TFLITE_PRECISIONS = ("float32", "float16", "int8", "int8_full")
+PRECISIONS = ("float32", "float16", "int8")
+DEFAULT_PRECISION = "float32"
+RUNTIME_PRECISIONS = {"tensorflow": ("float32",), "onnxruntime": ("float32", "int8"),
+                      "openvino": ("float32", "float16", "int8"), "litert": ("float32", "float16")}
+TFLITE_PRECISIONS = PRECISIONS + ("int8_full",)
 
 # Face mode (`stylize --faces`): the side of the aligned square crop a face model stylizes (the PyTorch
 # port's face_paint models were trained on aligned 512 x 512 faces), and the smallest face (the longer

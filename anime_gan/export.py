@@ -6,8 +6,9 @@ model (ONNX Runtime, OpenVINO) or a TFLite model (LiteRT, phones).
     python -m anime_gan.export --format=tflite --precision=float16 --checkpoint_dir=... --output=hayao.tflite
 
 --format=saved_model (the default) is described below; onnx: see `anime_gan.deploy.onnx` (uint8 in,
-uint8 out, size kept, dynamic N/H/W; needs tf2onnx); tflite: see `anime_gan.deploy.tflite`
-(--precision float32, float16, int8 or int8_full).
+uint8 out, size kept, dynamic N/H/W; needs tf2onnx; --precision=int8 quantises its convolutions, see
+`anime_gan.deploy.quantize`); tflite: see `anime_gan.deploy.tflite` (--precision float32, float16, int8
+or int8_full).
 
 --checkpoint_dir takes any model form (`anime_gan.constants.MODEL_FORMS`, listed by --help; a line on
 stderr says which weights of a training run were used). The SavedModel has two signatures, `serving_default`
@@ -18,7 +19,7 @@ stderr says which weights of a training run were used). The SavedModel has two s
 from __future__ import annotations
 
 from anime_gan import constants as C
-from anime_gan.deploy import CALIBRATION_PHOTOS, EXPORT_FORMATS
+from anime_gan.deploy import CALIBRATION_PHOTOS, EXPORT_FORMATS, EXPORT_PRECISIONS
 
 
 def define_flags():
@@ -30,11 +31,13 @@ def define_flags():
         f"The model to export: {C.ACCEPTED_FORMS}.", required=True)
     flags.DEFINE_enum("format", "saved_model", EXPORT_FORMATS, "What to write: a SavedModel directory, an .onnx "
                       "file or a .tflite file.")
-    flags.DEFINE_enum("precision", "float32", C.TFLITE_PRECISIONS, "Weights and arithmetic of --format=tflite (see "
-                      "anime_gan.deploy.tflite).")
+    flags.DEFINE_enum("precision", "float32", C.TFLITE_PRECISIONS, "Weights and arithmetic: " + "; ".join(
+        f"{f} {', '.join(p)}" for f, p in EXPORT_PRECISIONS.items()) + " (onnx int8: convolutions quantised, norms in "
+                      "float, anime_gan.deploy.quantize; tflite: anime_gan.deploy.tflite).")
     flags.DEFINE_string("size", "256x256", "HEIGHTxWIDTH of a --format=tflite model (its size is fixed).")
-    flags.DEFINE_string("calibration_dir", None, "A folder of real photos calibrating --precision=int8_full "
-                        f"(the first {CALIBRATION_PHOTOS}, sorted by name).")
+    flags.DEFINE_string("calibration_dir", None, "A folder of real photos calibrating --precision=int8_full, and "
+                        f"int8 of --format=onnx (the first {CALIBRATION_PHOTOS}, sorted by name; onnx int8 defaults "
+                        "to scikit-image's sample photos).")
     flags.DEFINE_string("output", None, "SavedModel directory (e.g. models/anime_gan/1), or the .onnx / .tflite "
                         "file, to write.", required=True)
     flags.DEFINE_integer(
@@ -58,7 +61,8 @@ def main(argv):
     if FLAGS.format == "saved_model":
         print(f"wrote {path} (signatures serving_default, stylize_bytes; max side {FLAGS.max_side})")
     elif FLAGS.format == "onnx":
-        print(f"wrote {path} (ONNX opset {OPSET}: images uint8 [N,H,W,3] -> stylized uint8; max side {FLAGS.max_side})")
+        print(f"wrote {path} (ONNX opset {OPSET} {FLAGS.precision}: images uint8 [N,H,W,3] -> stylized uint8; "
+              f"max side {FLAGS.max_side})")
     else:
         print(f"wrote {path} (TFLite {FLAGS.precision}, {FLAGS.size} only)")
     return 0

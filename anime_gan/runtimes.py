@@ -4,8 +4,10 @@
     python -m anime_gan.runtimes --calibrate --model=checkpoints/hayao   # measures it now
 
 Runtimes: tensorflow (always), onnxruntime, openvino and litert (each an optional package). `auto` is
-the fastest runtime this machine has measured at >= 60 dB from TensorFlow float32; `make bench`
-(section runtimes) or the first `--runtime=auto` writes the entry. From Python:
+the fastest runtime this machine has measured at the precision asked (float32: at >= 60 dB from
+TensorFlow float32; float16, int8: the fastest that runs it); one entry per architecture and precision,
+each printed with how `auto` chose. `make bench` (sections runtimes and int8), `--calibrate` (every
+precision with two runtimes or more) or the first `--runtime=auto` writes the entries. From Python:
 
     >>> from anime_gan.inference import load_model
     >>> stylizer = load_model("checkpoints/hayao", runtime="auto")
@@ -25,7 +27,8 @@ def define_flags():
     """Defined only when run as a command, so importing this module never adds global flags."""
     from absl import flags
 
-    flags.DEFINE_boolean("calibrate", False, "Measure the installed runtimes now and store this machine's entry.")
+    flags.DEFINE_boolean("calibrate", False, "Measure the installed runtimes now, at each precision, and store this "
+                         "machine's entries.")
     flags.DEFINE_string("model", None, "The generator --calibrate times (anything load_generator reads).")
 
 

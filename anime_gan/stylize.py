@@ -32,6 +32,7 @@ import types
 from anime_gan import cli
 from anime_gan import constants as C
 from anime_gan import inference
+from anime_gan.deploy import CALIBRATION_PHOTOS
 from anime_gan.errors import EXIT_FAILED
 
 
@@ -87,11 +88,22 @@ def define_flags():
         f"Largest image side accepted when --model is weights (default {C.DEFAULT_MAX_SIDE}); a SavedModel "
         "keeps the cap it was exported with.", lower_bound=C.MIN_SIDE)
     flags.DEFINE_enum(
-        "runtime", "tensorflow", list(C.RUNTIMES),
-        "Where the generator runs: tensorflow (the default; large images in bounded memory), onnxruntime or "
+        "runtime", None, list(C.RUNTIMES),
+        "Where the generator runs (default: tensorflow for float32, auto for float16 and int8): tensorflow "
+        "(large images in bounded memory), onnxruntime or "
         "openvino (float32 via ONNX, converted once and cached; an .onnx --model runs in one of them), "
-        "litert, or auto: the fastest float-accurate runtime measured on this machine (see "
+        "litert, or auto: the fastest runtime measured on this machine at --precision (see "
         "python -m anime_gan.runtimes).")
+    flags.DEFINE_enum(
+        "precision", "float32", list(C.PRECISIONS),
+        "Arithmetic of the generator: float32 (the default, every runtime), float16 (openvino, litert) or int8 "
+        "(onnxruntime, openvino: convolutions quantised once on calibration photos and cached, norms in float; "
+        "see docs/inference.md). With --runtime=auto the fastest runtime "
+        "measured here at that precision runs it.")
+    flags.DEFINE_string(
+        "calibration_dir", None,
+        f"A folder of real photos --precision=int8 is calibrated on (the first {CALIBRATION_PHOTOS}, sorted by name); default "
+        "scikit-image's sample photos.")
     flags.DEFINE_boolean(
         "faces", False,
         "Face mode: find each face (MTCNN, the `faces` extra), stylize it aligned in a --face_size square with "
@@ -111,8 +123,9 @@ def main(argv):
                          else "")
     try:
         summary = inference.run(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.batch_size, FLAGS.adjust_brightness,
-                                FLAGS.max_side, runtime=FLAGS.runtime, faces=FLAGS.faces, face_model=FLAGS.face_model,
-                                face_size=FLAGS.face_size)
+                                FLAGS.max_side, runtime=FLAGS.runtime, precision=FLAGS.precision,
+                                calibration_dir=FLAGS.calibration_dir, faces=FLAGS.faces,
+                                face_model=FLAGS.face_model, face_size=FLAGS.face_size)
     except inference.Interrupted as stopped:
         stopped.warn()
         raise  # `anime_gan.cli.run` says "interrupted (Ctrl-C)" and exits with 130

@@ -5,7 +5,8 @@
     python -m bench --sections=generator,data --repeats=9 --output=/tmp/results.json
 
 Sections: generator (inference, ours vs the official graph), runtimes (TensorFlow, ONNX Runtime, OpenVINO
-and LiteRT side by side with the official graph; writes the `--runtime=auto` table), serving (the exported SavedModel),
+and LiteRT side by side with the official graph; writes the `--runtime=auto` table), int8 (int8 against
+float32, dB on real photos, and 720p video frames/s end to end; writes the int8 `auto` entries), serving (the exported SavedModel),
 train (train-step images/s), data (edge smoothing and the tf.data pipeline, compared with what the
 GAN-phase train step consumes). Each section is the module `bench.bench_<section>` and its
 `run(repeats, quick)`; a section that fails becomes an error row, the others still run and are written.
@@ -25,7 +26,7 @@ import traceback
 
 from absl import app, flags, logging
 
-SECTIONS = ("generator", "runtimes", "serving", "train", "data")  # data last: it compares against train
+SECTIONS = ("generator", "runtimes", "int8", "serving", "train", "data")  # data last: it compares against train
 DEFAULT_OUTPUT = pathlib.Path(__file__).resolve().parent / "results.json"
 
 FLAGS = flags.FLAGS

@@ -54,7 +54,7 @@ VIDEO = {"frames": 60, "size": (256, 256), "fps": 24}  # quick: 16 frames
 BATCH_SIZE = 4
 
 
-def _photos(count, height, width, seed=0):
+def noise_photos(count, height, width, seed=0):
     """Smooth random pictures plus pixel noise (a photo compresses like this, not like white noise)."""
     import cv2
     import numpy as np
@@ -68,7 +68,7 @@ def _photos(count, height, width, seed=0):
     return out
 
 
-def _write_video(path, frames, fps, seconds_of_sound):
+def write_video(path, frames, fps, seconds_of_sound):
     """frames at fps in H.264 with an AAC sine track, in MP4."""
     import av
     import numpy as np
@@ -116,12 +116,12 @@ def bench_pipelines(repeats=2, quick=False):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        photos = _photos(folder["photos"], *folder["size"])
+        photos = noise_photos(folder["photos"], *folder["size"])
         for i, photo in enumerate(photos):
             image_io.write_image(tmp / "photos" / f"p{i:03d}.png", photo)
-        frames = _photos(clip["frames"], *clip["size"], seed=1)
-        _write_video(tmp / "clip.mp4", frames, clip["fps"], clip["frames"] / clip["fps"])
-        decoded = np.stack([f.to_ndarray(format="rgb24") for f in _decode(tmp / "clip.mp4")])
+        frames = noise_photos(clip["frames"], *clip["size"], seed=1)
+        write_video(tmp / "clip.mp4", frames, clip["fps"], clip["frames"] / clip["fps"])
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in decoded_frames(tmp / "clip.mp4")])
         cases = {
             f"folder: {folder['photos']} PNG photos {folder['size'][1]}x{folder['size'][0]}": (
                 np.stack(photos), lambda: inference.stylize_images(
@@ -151,7 +151,7 @@ def bench_pipelines(repeats=2, quick=False):
     return rows
 
 
-def _decode(path):
+def decoded_frames(path):
     import av
 
     with av.open(str(path)) as container:

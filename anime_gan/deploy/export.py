@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import pathlib
 
 from anime_gan import constants as C
-from anime_gan.deploy import CALIBRATION_PHOTOS, EXPORT_FORMATS
+from anime_gan.deploy import EXPORT_FORMATS, EXPORT_PRECISIONS
 from anime_gan.deploy.onnx import write_onnx
+from anime_gan.deploy.quantize import calibration_photos, write_int8_onnx
 from anime_gan.deploy.saved_model import export_saved_model
-from anime_gan.errors import ConfigError, OutputExistsError, PathNotFoundError
-from anime_gan.image_io import is_image_path, read_image
+from anime_gan.errors import ConfigError, OutputExistsError
 from anime_gan.weights import load_generator
 
 
@@ -26,11 +25,16 @@ def export(checkpoint_dir, output, max_side=C.DEFAULT_MAX_SIDE, overwrite=False,
     """Loads the generator and writes it in `format`; returns the written path. Errors are one sentence."""
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"--format={format} is not one of {', '.join(EXPORT_FORMATS)}.")
-    if precision != "float32" and format != "tflite":
-        raise ConfigError(f"--precision={precision} applies to --format=tflite only; leave it out for {format}.")
+    if precision not in EXPORT_PRECISIONS[format]:
+        works = ", ".join(f"{f} ({' '.join(p)})" for f, p in EXPORT_PRECISIONS.items() if precision in p)
+        raise ConfigError(f"--format={format} is written in {' or '.join(EXPORT_PRECISIONS[format])} only; "
+                          f"--precision={precision} is for {works or 'no format'}.")
+    photos = None
     if format == "tflite":
         height, width = parse_size(size)
         photos = calibration_photos(calibration_dir) if calibration_dir else None
+    elif precision == "int8":
+        photos = calibration_photos(calibration_dir)
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
         raise OutputExistsError(
             f"--output={output} already exists; pass --overwrite to replace it or choose another path.")
@@ -38,6 +42,8 @@ def export(checkpoint_dir, output, max_side=C.DEFAULT_MAX_SIDE, overwrite=False,
     generator = load_generator(checkpoint_dir)
     if format == "saved_model":
         return writer(generator, output, max_side=max_side)
+    if format == "onnx" and precision == "int8":
+        return write_int8_onnx(generator, output, photos, max_side=max_side, overwrite=overwrite)
     if format == "onnx":
         return writer(generator, output, max_side=max_side, overwrite=overwrite)
     return writer(generator, output, precision=precision, calibration_images=photos, height=height, width=width)
@@ -50,14 +56,6 @@ def parse_size(size):
     except ValueError:
         raise ConfigError(f"--size={size} is not HEIGHTxWIDTH (e.g. 720x1280).") from None
     return height, width
-
-
-def calibration_photos(directory):
-    """The first CALIBRATION_PHOTOS images under `directory` (sorted by path), uint8 RGB arrays."""
-    paths = sorted(p for p in pathlib.Path(directory).rglob("*") if p.is_file() and is_image_path(p))
-    if not paths:
-        raise PathNotFoundError(f"--calibration_dir={directory} holds no images; pass a folder of real photos.")
-    return [read_image(p) for p in paths[:CALIBRATION_PHOTOS]]
 
 
 def _writer(format):

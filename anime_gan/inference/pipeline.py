@@ -310,10 +310,12 @@ def _video_note(info):
 
 
 def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=False, max_side=None,
-        show_progress=None, runtime="tensorflow", faces=False, face_model=None, face_size=C.FACE_SIZE):
+        show_progress=None, runtime=None, precision="float32", calibration_dir=None, faces=False, face_model=None,
+        face_size=C.FACE_SIZE):
     """Everything `python -m anime_gan.stylize` does, minus flag parsing. Returns a Summary.
 
     adjust: a --adjust_brightness mode ("official", "luma", "none") or a bool (True: "official").
+    runtime, precision, calibration_dir: as `anime_gan.inference.load_model` takes them.
     faces: face mode (`anime_gan.inference.faces`), each face stylized by face_model (default: model) in
     an aligned face_size crop and pasted over the photo stylized by model; one line per image says
     what was found. Raises a UserError (ImageError, ConfigError, PathNotFoundError, ModelError) for an
@@ -329,12 +331,14 @@ def run(model, input_path, output_path, batch_size=DEFAULT_BATCH_SIZE, adjust=Fa
     if faces:
         face_mode.require_detector()  # before anything loads
     kind, jobs, videos = plan_jobs(input_path, output_path)
-    stylizer = load_model(model, max_side=max_side, runtime=runtime)
+    stylizer = load_model(model, max_side=max_side, runtime=runtime, precision=precision,
+                          calibration_dir=calibration_dir)
     paster = None  # face mode's FaceMode
     if faces:
         same = face_model is None or face_model == model
-        paster = face_mode.FaceMode(stylizer if same else load_model(face_model, runtime=runtime), face_size,
-                                    batch_size=batch_size)
+        paster = face_mode.FaceMode(stylizer if same else load_model(face_model, runtime=runtime, precision=precision,
+                                                                     calibration_dir=calibration_dir),
+                                    face_size, batch_size=batch_size)
     summary = Summary(inputs=len(jobs) + len(videos))
     # disable=None: a bar on a terminal, none in logs and pipes.
     disable = None if show_progress is None else not show_progress

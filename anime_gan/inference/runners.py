@@ -8,10 +8,14 @@ hash of the architecture, its options and the weights' bytes; a log line says wh
 
 - onnxruntime: CPUExecutionProvider, float32, one thread per CPU this process may use.
 - openvino: CPU, INFERENCE_PRECISION_HINT=f32 set explicitly (its default may pick bf16, far from
-  float32) and one thread per CPU (its default counts physical cores). The dynamic-shape model runs
+  float32; f16 for precision float16) and one thread per CPU (its default counts physical cores). The dynamic-shape model runs
   a size the first time it is seen; a size seen again gets a model compiled for that shape (at most
   STATIC_SHAPES_KEPT kept).
-- litert: the float32 TFLite export (`anime_gan.deploy.tflite`) in LiteRT + XNNPACK. That export has a
+- int8 (onnxruntime or openvino): the ONNX file quantised once (`anime_gan.deploy.quantize`) on
+  calibration photos and cached beside it, named by the weights and the photos (`cached_int8_onnx`).
+  It runs images up to INT8_MAX_PIXELS whole and refuses larger ones in one sentence (no banded
+  int8 graph: TensorFlow float32 runs them in bounded memory).
+- litert: the float32 (or float16) TFLite export (`anime_gan.deploy.tflite`) in LiteRT + XNNPACK. That export has a
   fixed size, so each new image size is converted once (and cached).
 The SavedModel's in-graph size checks are not in ONNX or TFLite: `RuntimeStylizer` checks each image
 with `check_size` first (the same sentences), and an empty batch gives an empty batch.
@@ -30,12 +34,17 @@ import time
 import numpy as np
 
 from anime_gan.errors import ConfigError, ModelError, PathNotFoundError, first_line
+from anime_gan.image_io import ImageError
 from anime_gan.inference.stylizer import Stylizer, check_batch
 from data_prep.files import write_bytes
 
 log = logging.getLogger(__name__)
 
 STATIC_SHAPES_KEPT = 4
+# The largest image (pixels) an int8 model runs: its working memory peaked at 3.1 kB per pixel (v1 in
+# OpenVINO at 720p; docs/deploy.md#int8), so 2 MiB pixels (1080p fits) stay within the 6 GiB the
+# TensorFlow path is bounded by.
+INT8_MAX_PIXELS = 2 * 2**20
 # The Python package of each runtime and the pip extra that installs it.
 PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino"),
             "litert": ("ai_edge_litert", "litert")}
@@ -113,13 +122,13 @@ class OpenVinoRunner:
 
     name = "openvino"
 
-    def __init__(self, path, num_threads=None):
+    def __init__(self, path, num_threads=None, precision="float32"):
         import openvino as ov
 
         from anime_gan.deploy.onnx import FLOAT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
         self.core = ov.Core()
-        self.config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": num_threads or threads(),
+        self.config = {"INFERENCE_PRECISION_HINT": "f16" if precision == "float16" else "f32", "INFERENCE_NUM_THREADS": num_threads or threads(),
                        "PERFORMANCE_HINT": "LATENCY"}
         self.path = str(path)
         try:
@@ -155,13 +164,13 @@ class OpenVinoRunner:
 
 
 class LiteRTRunner:
-    """LiteRT float32 + XNNPACK: the TFLite export has a fixed size, so one cached file (and one
-    interpreter, at most STATIC_SHAPES_KEPT kept) per image size."""
+    """LiteRT float32 (or float16 weights) + XNNPACK: the TFLite export has a fixed size, so one cached
+    file (and one interpreter, at most STATIC_SHAPES_KEPT kept) per image size."""
 
     name = "litert"
 
-    def __init__(self, generator):
-        self.generator = generator
+    def __init__(self, generator, precision="float32"):
+        self.generator, self.precision = generator, precision
         self.runners = {}
 
     def __call__(self, images):
@@ -171,18 +180,20 @@ class LiteRTRunner:
         if size not in self.runners:
             if len(self.runners) >= STATIC_SHAPES_KEPT:
                 self.runners.pop(next(iter(self.runners)))
-            self.runners[size] = TFLiteRunner(str(cached_tflite(self.generator, *size)), threads=threads())
+            path = cached_tflite(self.generator, *size, precision=self.precision)
+            self.runners[size] = TFLiteRunner(str(path), threads=threads())
         return self.runners[size](images)
 
 
-def make_runner(runtime, onnx_path=None, generator=None):
-    """The runner of `runtime` ("onnxruntime", "openvino": an ONNX file; "litert": a generator)."""
+def make_runner(runtime, onnx_path=None, generator=None, precision="float32"):
+    """The runner of `runtime` ("onnxruntime", "openvino": an ONNX file, int8 when precision is;
+    "litert": a generator)."""
     if runtime == "onnxruntime":
         return OnnxRuntimeRunner(onnx_path)
     if runtime == "openvino":
-        return OpenVinoRunner(onnx_path)
+        return OpenVinoRunner(onnx_path, precision=precision)
     if runtime == "litert":
-        return LiteRTRunner(generator)
+        return LiteRTRunner(generator, precision)
     raise ValueError(runtime)
 
 
@@ -190,9 +201,17 @@ class RuntimeStylizer(Stylizer):
     """A `Stylizer` over a numpy runner: sizes are checked here (the ONNX/TFLite graphs have no
     assertions) and an empty batch is answered without the runtime."""
 
-    def __init__(self, runner, max_side, source, runtime):
+    def __init__(self, runner, max_side, source, runtime, precision="float32"):
         super().__init__(runner, max_side, source, keep_alive=runner)
-        self.runtime = runtime
+        self.runner, self.runtime, self.precision = runner, runtime, precision  # runner: its float output too
+
+    def check_size(self, height, width, name="image"):
+        """The size rule, and for int8 at most INT8_MAX_PIXELS (ImageError, one sentence)."""
+        super().check_size(height, width, name)
+        if self.precision == "int8" and height * width > INT8_MAX_PIXELS:
+            raise ImageError(f"{name} is {height}x{width}, more than the {INT8_MAX_PIXELS / 2**20:.0f} megapixels "
+                             "int8 runs whole; stylize it with --precision=float32 (TensorFlow runs large images "
+                             "in bounded memory) or make it smaller.")
 
     def __call__(self, images):
         images = check_batch(images)
@@ -263,12 +282,34 @@ def cached_onnx(generator):
     return path
 
 
-def cached_tflite(generator, height, width):
-    """The generator's float32 TFLite file for one size in the cache folder, converted the first time."""
+def cached_tflite(generator, height, width, precision="float32"):
+    """The generator's TFLite file (float32 or float16) for one size in the cache folder, converted the first time."""
     from anime_gan.deploy.tflite import write_tflite
 
-    path = cache_dir() / "tflite" / f"{generator.arch}-{weights_key(generator)}-{height}x{width}-float32.tflite"
+    name = f"{generator.arch}-{weights_key(generator)}-{height}x{width}-{precision}.tflite"
+    path = cache_dir() / "tflite" / name
     if not path.is_file():
         log.info("converting the model to TFLite once for LiteRT at %dx%d (cached as %s) ...", height, width, path)
-        write_tflite(generator, str(path), precision="float32", height=height, width=width)
+        write_tflite(generator, str(path), precision=precision, height=height, width=width)
+    return path
+
+
+def cached_int8_onnx(float_onnx, calibration_dir=None):
+    """The int8 model of a float ONNX file (`anime_gan.deploy.quantize`), quantised once per file and
+    calibration photos and cached in the cache folder (logged the first time)."""
+    from anime_gan.deploy.quantize import calibration_key, calibration_photos, quantize_onnx
+
+    if not importlib_has("onnxruntime"):
+        raise ConfigError("int8 is quantised by onnxruntime, which is not installed; pip install "
+                          "'anime-gan-tf2[onnx]' or use --precision=float32.")
+    float_onnx = pathlib.Path(float_onnx)
+    photos = calibration_photos(calibration_dir)
+    h = hashlib.sha256(float_onnx.read_bytes())
+    h.update(calibration_key(photos).encode())
+    path = cache_dir() / "onnx" / f"{float_onnx.stem}-int8-{h.hexdigest()[:12]}.onnx"
+    if not path.is_file():
+        log.info("quantising the model to int8 once on %d calibration photos (cached as %s) ...", len(photos), path)
+        start = time.perf_counter()
+        quantize_onnx(float_onnx, path, photos)
+        log.info("quantised in %.0f s.", time.perf_counter() - start)
     return path

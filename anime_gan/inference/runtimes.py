@@ -1,5 +1,5 @@
-"""A ready `Stylizer` from any model in any runtime (`load_model`), and the per-machine table `auto`
-picks the fastest float-accurate runtime from.
+"""A ready `Stylizer` from any model in any runtime and precision (`load_model`), and the per-machine
+table `auto` picks the fastest runtime at a precision from.
 
     >>> from anime_gan.inference import load_model
     >>> stylizer = load_model("checkpoints/hayao", runtime="auto")
@@ -8,12 +8,14 @@ picks the fastest float-accurate runtime from.
 `model` is anything `anime_gan.load_generator` reads, or an ONNX file written by
 `python -m anime_gan.export --format=onnx` (which runs in onnxruntime or openvino, not tensorflow).
 Runtimes (each an optional package; tensorflow always works): tensorflow, onnxruntime, openvino,
-litert (see `anime_gan.inference.runners`), and auto: the fastest runtime this machine has measured at
->= ACCURATE_DB from TensorFlow float32, from the table `runtimes.json` in the cache folder. Its entries
-are keyed by the CPU's model name, the machine architecture, the installed runtimes' versions and the
-generator architecture (v1/v2); `make bench` writes them (section runtimes), and when this machine has
-none, `auto` measures the installed runtimes once on a 256x256 image (a few seconds, logged) and writes
-the entry. `auto` never picks litert (its runner returns uint8 only, so its accuracy is not measured).
+litert (see `anime_gan.inference.runners`), and auto: the fastest runtime this machine has measured
+at the precision (float32: at >= ACCURATE_DB from TensorFlow float32), from the table `runtimes.json`
+in the cache folder. Its entries are keyed by the CPU's model name, the machine architecture, the
+installed runtimes' versions, the generator architecture (v1/v2) and the precision
+(constants.PRECISIONS; constants.RUNTIME_PRECISIONS says which runtime runs which); `make bench`
+writes them (section runtimes), and when this machine has none, `auto` measures the installed
+runtimes once on a 256x256 image (a few seconds, logged) and writes the entry. `auto` never picks
+litert (its runner returns uint8 only, so its accuracy is not measured).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import numpy as np
 
 from anime_gan import constants as C
 from anime_gan.errors import ConfigError, ModelError
-from anime_gan.inference.runners import (RuntimeStylizer, cache_dir, cached_onnx, importlib_has, installed,
-                                         is_onnx_path, make_runner, read_onnx_metadata, require, threads)
+from anime_gan.inference.runners import (RuntimeStylizer, cache_dir, cached_int8_onnx, cached_onnx, importlib_has,
+                                         installed, is_onnx_path, make_runner, read_onnx_metadata, require, threads)
 from anime_gan.inference.stylizer import Stylizer
 from data_prep.files import write_bytes
 
@@ -84,23 +86,46 @@ def saved_model_cap(directory):
         return None
 
 
-def load_model(path, max_side=None, runtime="tensorflow"):
-    """A `Stylizer` running `path` in `runtime` (one of constants.RUNTIMES). Errors are one sentence
-    (PathNotFoundError / ModelError / ConfigError).
+def check_precision(runtime, precision):
+    """ConfigError (one sentence naming what works) unless `runtime` can run `precision`."""
+    if precision not in C.PRECISIONS:
+        raise ConfigError(f"--precision={precision} is not one of {', '.join(C.PRECISIONS)}.")
+    if runtime != "auto" and precision not in C.RUNTIME_PRECISIONS[runtime]:
+        where = [r for r in C.RUNTIMES[1:] if precision in C.RUNTIME_PRECISIONS[r]]
+        raise ConfigError(f"--runtime={runtime} runs {' and '.join(C.RUNTIME_PRECISIONS[runtime])} only; "
+                          f"{precision} runs in {' or '.join(where)} (or --runtime=auto).")
+
+
+def default_runtime(precision):
+    """The runtime used when none is named: TensorFlow for float32 (exact, bounded memory), else "auto"
+    (the fastest runtime measured here at that precision)."""
+    return "tensorflow" if precision == "float32" else "auto"
+
+
+def load_model(path, max_side=None, runtime=None, precision="float32", calibration_dir=None):
+    """A `Stylizer` running `path` in `runtime` (one of constants.RUNTIMES) at `precision` (one of
+    constants.PRECISIONS; constants.RUNTIME_PRECISIONS says which runtime runs which). Errors are one
+    sentence (PathNotFoundError / ModelError / ConfigError).
 
     path: any model `anime_gan.load_generator` accepts (see constants.MODEL_FORMS), or an exported .onnx
     file (run by "auto" unless onnxruntime or openvino is named: TensorFlow cannot run ONNX).
     A SavedModel or an ONNX file keeps the size cap it was exported with; for everything else
-    max_side is the cap (default constants.DEFAULT_MAX_SIDE). runtime "auto": the fastest
-    float-accurate runtime measured on this machine (see `choose`).
+    max_side is the cap (default constants.DEFAULT_MAX_SIDE). runtime None: `default_runtime(precision)`;
+    "auto": the fastest
+    float-accurate runtime measured on this machine at that precision (see `choose`). int8: the
+    convolutions quantised once, calibrated on calibration_dir's photos (default scikit-image's
+    sample photos) and cached (`anime_gan.inference.runners.cached_int8_onnx`).
     """
     from anime_gan.weights import load_generator, resolve_model
 
+    runtime = default_runtime(precision) if runtime is None else runtime
     if runtime not in C.RUNTIMES:
         raise ConfigError(f"--runtime={runtime} is not one of {', '.join(C.RUNTIMES)}.")
     if is_onnx_path(path):
-        return _load_onnx_file(pathlib.Path(os.fspath(path)).expanduser(),
-                               "auto" if runtime == "tensorflow" else runtime)
+        runtime = "auto" if runtime == "tensorflow" else runtime  # TensorFlow cannot run ONNX
+        check_precision(runtime, precision)
+        return _load_onnx_file(pathlib.Path(os.fspath(path)).expanduser(), runtime, precision, calibration_dir)
+    check_precision(runtime, precision)
     if runtime not in ("tensorflow", "auto"):
         require(runtime)
     expanded = pathlib.Path(os.fspath(path)).expanduser()
@@ -113,14 +138,16 @@ def load_model(path, max_side=None, runtime="tensorflow"):
         or C.DEFAULT_MAX_SIDE
     generator = load_generator(source)
     if runtime == "auto":
-        runtime = choose(generator.arch, generator=generator)
+        runtime = choose(generator.arch, generator=generator, precision=precision, calibration_dir=calibration_dir)
         if runtime == "tensorflow":
             return stylizer_from_generator(generator, cap, str(path))
     onnx_path = cached_onnx(generator) if runtime in ("onnxruntime", "openvino") else None
-    return RuntimeStylizer(make_runner(runtime, onnx_path, generator), cap, str(path), runtime)
+    if precision == "int8":
+        onnx_path = cached_int8_onnx(onnx_path, calibration_dir)
+    return RuntimeStylizer(make_runner(runtime, onnx_path, generator, precision), cap, str(path), runtime, precision)
 
 
-def _load_onnx_file(path, runtime):
+def _load_onnx_file(path, runtime, precision, calibration_dir):
     if runtime == "litert":
         raise ConfigError(f"{path} is an ONNX model: run it with --runtime=onnxruntime, openvino or auto, or "
                           "pass the TensorFlow model it was exported from.")
@@ -133,9 +160,14 @@ def _load_onnx_file(path, runtime):
         raise ConfigError("onnx is not installed; pip install 'anime-gan-tf2[onnx]' to read .onnx models.")
     meta = read_onnx_metadata(path)
     cap = int(meta.get("max_side", C.DEFAULT_MAX_SIDE))
+    if meta.get("precision", "float32") == "int8":
+        if precision != "int8":
+            raise ConfigError(f"{path} is an int8 model; run it with --precision=int8 or pass its float model.")
+    elif precision == "int8":
+        path = cached_int8_onnx(path, calibration_dir)
     if runtime == "auto":
-        runtime = choose(meta.get("arch", "v1"), onnx_path=path)
-    return RuntimeStylizer(make_runner(runtime, path), cap, str(path), runtime)
+        runtime = choose(meta.get("arch", "v1"), onnx_path=path, precision=precision)
+    return RuntimeStylizer(make_runner(runtime, path, precision=precision), cap, str(path), runtime, precision)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,11 +210,13 @@ def versions():
     return out
 
 
-def machine_key(arch):
-    """The table key: CPU model name, machine architecture, threads, runtime versions, generator arch."""
+def machine_key(arch, precision="float32"):
+    """The table key: CPU model name, machine architecture, threads, runtime versions, generator arch,
+    and the precision unless float32 (so the float32 keys of earlier tables still count)."""
     v = versions()
-    return " | ".join([cpu_name(), platform.machine(), f"{threads()} threads",
-                       ", ".join(f"{k} {v[k]}" for k in sorted(v)), f"arch {arch}"])
+    parts = [cpu_name(), platform.machine(), f"{threads()} threads", ", ".join(f"{k} {v[k]}" for k in sorted(v)),
+             f"arch {arch}"]
+    return " | ".join(parts + ([] if precision == "float32" else [precision]))
 
 
 def read_table(path=None):
@@ -198,14 +232,14 @@ def read_table(path=None):
     return table if isinstance(table, dict) else {}
 
 
-def record(arch, measurements, source, path=None, size=None):
-    """Store {runtime: {"ms": median ms, "db": PSNR from TF float32}} as this machine's entry for arch;
-    size: "WxH" measured (default the calibration size)."""
+def record(arch, measurements, source, path=None, size=None, precision="float32"):
+    """Store {runtime: {"ms": median ms, "db": PSNR from TF float32}} as this machine's entry for arch
+    at precision; size: "WxH" measured (default the calibration size)."""
     path = pathlib.Path(path or table_path())
     table = read_table(path)
-    key = machine_key(arch)
+    key = machine_key(arch, precision)
     table[key] = {
-        "cpu": cpu_name(), "arch": arch, "versions": versions(), "source": source,
+        "cpu": cpu_name(), "arch": arch, "precision": precision, "versions": versions(), "source": source,
         "size": size or f"{CALIBRATION_SIZE}x{CALIBRATION_SIZE}",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "runtimes": measurements,
@@ -215,13 +249,25 @@ def record(arch, measurements, source, path=None, size=None):
 
 
 def fastest(entry, candidates=None):
-    """The fastest runtime of a table entry at >= ACCURATE_DB (TensorFlow float32 is the reference),
-    among the installed candidates; "tensorflow" when none qualifies."""
-    candidates = candidates or [r for r in C.RUNTIMES[1:] if installed(r)]
+    """The fastest runtime of a table entry among the installed candidates: at float32, of those at
+    >= ACCURATE_DB (TensorFlow float32 is the reference; "tensorflow" when none qualifies); at a
+    reduced precision, of those that ran (the precision was asked for; its dB is shown, not judged)."""
+    precision = entry.get("precision", "float32")
+    candidates = candidates or [r for r in C.RUNTIMES[1:] if installed(r) and precision in C.RUNTIME_PRECISIONS[r]]
     timed = [(m["ms"], name) for name, m in entry.get("runtimes", {}).items()
              if name in candidates and m.get("ms") is not None
-             and (name == "tensorflow" or (m.get("db") is not None and m["db"] >= ACCURATE_DB))]
-    return min(timed)[1] if timed else "tensorflow"
+             and (precision != "float32" or name == "tensorflow" or (m.get("db") is not None and m["db"] >= ACCURATE_DB))]
+    return min(timed)[1] if timed else "tensorflow" if precision == "float32" else None
+
+
+def how_chosen(entry):
+    """The sentence `python -m anime_gan.runtimes` prints under an entry: what auto picks and why."""
+    precision = entry.get("precision", "float32")
+    choice = fastest(entry, list(entry.get("runtimes", {})))
+    rule = (f"the fastest at >= {ACCURATE_DB:g} dB from TensorFlow float32" if precision == "float32"
+            else f"the fastest that runs {precision} (dB from TensorFlow float32, shown, not judged)")
+    return (f"auto at {precision} picks {choice}: {rule}, measured by {entry.get('source')} at {entry.get('size')} "
+            f"on {entry.get('date')}")
 
 
 def _onnx_runtimes():
@@ -229,27 +275,41 @@ def _onnx_runtimes():
     return [r for r in ("onnxruntime", "openvino") if installed(r)]
 
 
-def choose(arch, generator=None, onnx_path=None, path=None):
-    """`auto`: the runtime this machine's table says is fastest, measuring it first when absent (logged)."""
-    if onnx_path is not None:
-        candidates = _onnx_runtimes()
+def candidates_for(precision, onnx_file=False):
+    """The installed runtimes `auto` chooses from at precision (litert never: uint8 out only)."""
+    out = [r for r in (["tensorflow"] + _onnx_runtimes()) if precision in C.RUNTIME_PRECISIONS[r]]
+    if onnx_file:
+        return [r for r in out if r != "tensorflow"]
+    if not importlib_has("tf2onnx"):
+        return [r for r in out if r == "tensorflow"]
+    return out
+
+
+def choose(arch, generator=None, onnx_path=None, path=None, precision="float32", calibration_dir=None):
+    """`auto`: the runtime this machine's table says is fastest at precision, measuring it first when
+    absent (logged); ConfigError when no installed runtime runs that precision."""
+    candidates = candidates_for(precision, onnx_file=onnx_path is not None)
+    if not candidates:
+        where = [r for r in C.RUNTIMES[1:-1] if precision in C.RUNTIME_PRECISIONS[r]]
+        raise ConfigError(f"--precision={precision} runs in {' or '.join(where)}, and none is installed here with "
+                          "tf2onnx; pip install 'anime-gan-tf2[onnx]' or 'anime-gan-tf2[openvino]'.")
+    if len(candidates) == 1:
+        runtime = candidates[0]
     else:
-        candidates = ["tensorflow"] + _onnx_runtimes()
-        if len(candidates) > 1 and not importlib_has("tf2onnx"):
-            candidates = ["tensorflow"]
-    runtime = candidates[0] if len(candidates) == 1 else _fastest_measured(arch, candidates, generator, onnx_path, path)
-    log.info("--runtime=auto: %s (the fastest float-accurate runtime in %s).", runtime, path or table_path())
+        runtime = _fastest_measured(arch, candidates, generator, onnx_path, path, precision, calibration_dir)
+    log.info("--runtime=auto: %s at %s (the fastest measured in %s).", runtime, precision, path or table_path())
     return runtime
 
 
-def _fastest_measured(arch, candidates, generator, onnx_path, path):
-    entry = read_table(path).get(machine_key(arch))
+def _fastest_measured(arch, candidates, generator, onnx_path, path, precision, calibration_dir):
+    entry = read_table(path).get(machine_key(arch, precision))
     if entry is None or not set(candidates) <= set(entry.get("runtimes", {})):
-        log.info("no measured runtime table for this machine (%s) in %s: timing %s once on a %dx%d image "
-                 "...", cpu_name(), path or table_path(), ", ".join(candidates), CALIBRATION_SIZE,
+        log.info("no measured runtime table for this machine (%s) at %s in %s: timing %s once on a %dx%d image "
+                 "...", cpu_name(), precision, path or table_path(), ", ".join(candidates), CALIBRATION_SIZE,
                  CALIBRATION_SIZE)
-        measurements = calibrate(candidates, generator=generator, onnx_path=onnx_path)
-        entry = record(arch, measurements, "calibration", path=path)
+        measurements = calibrate(candidates, generator=generator, onnx_path=onnx_path, precision=precision,
+                                 calibration_dir=calibration_dir)
+        entry = record(arch, measurements, "calibration", path=path, precision=precision)
     return fastest(entry, candidates)
 
 
@@ -281,19 +341,29 @@ def _tensorflow_runners(generator):
             lambda images: generate(g32, images_to_unit_range(images)).numpy())
 
 
-def calibrate(candidates, generator=None, onnx_path=None, repeats=CALIBRATION_REPEATS):
-    """{runtime: {"ms", "db"}} of each candidate on the calibration image: interleaved medians; dB
-    from TensorFlow float32 (from onnxruntime when only an ONNX file is given)."""
+def calibrate(candidates, generator=None, onnx_path=None, repeats=CALIBRATION_REPEATS, precision="float32",
+              calibration_dir=None):
+    """{runtime: {"ms", "db"}} of each candidate at precision on the calibration image: interleaved
+    medians; dB from TensorFlow float32 (from onnxruntime float32 when only an ONNX file is given; an
+    int8 file has no float reference here: None)."""
     x = calibration_image()
     runners, floats = {}, {}
+    reference = None
     if generator is not None:
         runners["tensorflow"], floats["tensorflow"] = _tensorflow_runners(generator)
+        reference = floats["tensorflow"]
         if any(r in candidates for r in ("onnxruntime", "openvino")):
             onnx_path = cached_onnx(generator)
+    elif onnx_path is not None and read_onnx_metadata(onnx_path).get("precision", "float32") == "float32" \
+            and installed("onnxruntime"):
+        reference = make_runner("onnxruntime", onnx_path).unit_range
+    if precision == "int8" and onnx_path is not None \
+            and read_onnx_metadata(onnx_path).get("precision", "float32") != "int8":
+        onnx_path = cached_int8_onnx(onnx_path, calibration_dir)
     for name in candidates:
         if name == "tensorflow":
             continue
-        runner = make_runner(name, onnx_path, generator)
+        runner = make_runner(name, onnx_path, generator, precision)
         runners[name] = runner
         floats[name] = getattr(runner, "unit_range", None)
     runners = {name: runners[name] for name in candidates}
@@ -305,39 +375,46 @@ def calibrate(candidates, generator=None, onnx_path=None, repeats=CALIBRATION_RE
             start = time.perf_counter()
             fn(x)
             times[name].append((time.perf_counter() - start) * 1000.0)
-    reference_name = "tensorflow" if "tensorflow" in floats else "onnxruntime"
-    reference = floats[reference_name](x) if floats.get(reference_name) else None
+    expected = reference(x) if reference is not None else None
     out = {}
     for name in runners:
         db = None
-        if reference is not None and floats.get(name) is not None:
-            db = round(min(psnr_db(reference, floats[name](x)), 999.0), 1)
+        if expected is not None and floats.get(name) is not None:
+            db = round(min(psnr_db(expected, floats[name](x)), 999.0), 1)
         out[name] = {"ms": round(statistics.median(times[name]), 1), "db": db}
     return out
 
 
-def calibrate_model(model):
-    """Measures the installed runtimes on `model` (anything load_generator reads) and records the entry."""
+def calibrate_model(model, precisions=C.PRECISIONS):
+    """Measures the installed runtimes on `model` (anything load_generator reads) at each precision
+    that has two candidates or more, and records the entries; returns them {precision: entry}."""
     from anime_gan.weights import load_generator
 
     generator = load_generator(model)
-    candidates = ["tensorflow"] + _onnx_runtimes()
-    return record(generator.arch, calibrate(candidates, generator=generator), "calibration")
+    entries = {}
+    for precision in precisions:
+        candidates = candidates_for(precision)
+        if len(candidates) > 1:
+            measured = calibrate(candidates, generator=generator, precision=precision)
+            entries[precision] = record(generator.arch, measured, "calibration", precision=precision)
+    return entries
 
 
 def format_table(table):
-    """The table as readable lines, one block per entry, fastest first, the `auto` choice marked."""
+    """The table as readable lines, one block per entry (per precision), fastest first, the `auto`
+    choice marked and how it was chosen said."""
     if not table:
         return f"no runtime measurements yet in {table_path()} (run `make bench` or `--runtime=auto` once)."
     lines = []
-    here_keys = {machine_key("v1"), machine_key("v2")}
+    here_keys = {machine_key(a, p) for a in C.ARCHITECTURES for p in C.PRECISIONS}
     for key, entry in sorted(table.items()):
         here = key in here_keys
         lines.append(f"{key}{'  (this machine)' if here else ''}")
-        lines.append(f"  measured by {entry.get('source')} at {entry.get('size')} on {entry.get('date')}")
+        lines.append(f"  {how_chosen(entry)}")
         choice = fastest(entry, list(entry.get("runtimes", {})))
         for name, m in sorted(entry.get("runtimes", {}).items(), key=lambda kv: kv[1].get("ms") or 1e12):
-            db = "reference" if name == "tensorflow" else (f"{m['db']} dB" if m.get("db") is not None else "? dB")
+            reference = name == "tensorflow" and entry.get("precision", "float32") == "float32"
+            db = "reference" if reference else (f"{m['db']} dB" if m.get("db") is not None else "? dB")
             mark = "  <- auto" if name == choice else ""
             lines.append(f"  {name:12s} {m.get('ms')} ms  {db}{mark}")
     return "\n".join(lines)

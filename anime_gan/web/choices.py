@@ -19,9 +19,6 @@ from anime_gan.weights import ARCH_LABEL, catalogue, resolve_model, source_spec
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("float32",)  # what Models.get runs a model in
-DEFAULT_PRECISION = "float32"
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelChoice:
@@ -114,15 +111,17 @@ def no_model_message(directory=None):
 
 
 class Models:
-    """The Stylizers, loaded on first use and kept; `lock` lets one request at a time use them."""
+    """The Stylizers, loaded on first use and kept per (model key, precision); `lock` lets one request
+    at a time use them. float32 runs in TensorFlow (large images in bounded memory), float16 and int8
+    in the fastest runtime measured here at that precision (`runtime_for`)."""
 
     def __init__(self, choices, max_side=None):
         self.choices = {c.key: c for c in choices}
         self.max_side = int(max_side or C.DEFAULT_MAX_SIDE)
         self.lock = threading.Lock()
         self._loaded = {}
-        self.load_seconds = {}  # key -> seconds its loading took
-        self.first_call_seconds = {}  # key -> seconds of its first call (which traces the graph)
+        self.load_seconds = {}  # (key, precision) -> seconds its loading took
+        self.first_call_seconds = {}  # (key, precision) -> seconds of its first call (which traces the graph)
 
     def choice(self, key):
         """The ModelChoice of key, or a ConfigError naming the ones there are."""
@@ -131,27 +130,35 @@ class Models:
             raise ConfigError(f"no model {key!r} on this page; pick one of the list ({names}).")
         return self.choices[key]
 
-    def is_loaded(self, key):
-        return key in self._loaded
+    @staticmethod
+    def runtime_for(precision):
+        """The runtime a precision runs in on the page: tensorflow for float32, else auto."""
+        if precision not in C.PRECISIONS:
+            raise ConfigError(f"no precision {precision!r} on this page; pick one of {', '.join(C.PRECISIONS)}.")
+        return inference.default_runtime(precision)
 
-    def get(self, key, precision=DEFAULT_PRECISION):
-        """The Stylizer of a model in `precision` (one of PRECISIONS); call with `lock` held (loading runs
-        TensorFlow too)."""
+    def is_loaded(self, key, precision="float32"):
+        return (key, precision) in self._loaded
+
+    def get(self, key, precision="float32"):
+        """The Stylizer of a model at a precision (one of constants.PRECISIONS); call with `lock` held
+        (loading runs TensorFlow too; int8 quantises once, cached on disk)."""
         choice = self.choice(key)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision {precision!r} is not offered here; use {' or '.join(PRECISIONS)}.")
-        if key not in self._loaded:
+        runtime = self.runtime_for(precision)
+        if (key, precision) not in self._loaded:
             started = time.monotonic()
-            self._loaded[key] = inference.load_model(choice.path, max_side=self.max_side)
-            self.load_seconds[key] = time.monotonic() - started
-            log.info("loaded %s in %.1f s", choice.name, self.load_seconds[key])
-        return self._loaded[key]
+            self._loaded[key, precision] = inference.load_model(choice.path, max_side=self.max_side, runtime=runtime,
+                                                                precision=precision)
+            self.load_seconds[key, precision] = time.monotonic() - started
+            log.info("loaded %s (%s) in %.1f s", choice.name, precision, self.load_seconds[key, precision])
+        return self._loaded[key, precision]
 
-    def run(self, key, images):
-        """The Stylizer of key on uint8 [N, H, W, 3]; call with `lock` held. Returns (result, seconds)."""
-        stylizer = self.get(key)
+    def run(self, key, images, precision="float32"):
+        """The Stylizer of key at precision on uint8 [N, H, W, 3]; call with `lock` held. Returns (result,
+        seconds)."""
+        stylizer = self.get(key, precision)
         started = time.monotonic()
         result = stylizer(images)
         seconds = time.monotonic() - started
-        self.first_call_seconds.setdefault(key, seconds)
+        self.first_call_seconds.setdefault((key, precision), seconds)
         return result, seconds

@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 from flask import Response, jsonify, request
 
+from anime_gan import constants as C
 from anime_gan.errors import USER_ERRORS, ConfigError, UserError
 from anime_gan.image_io import ImageError
-from anime_gan.web import choices, uploads
+from anime_gan.web import uploads
 
 SIZES = (128, 192, 256, 384, 512)  # square frames (the camera picture's centre), in pixels
 DEFAULT_SIZE = 256
@@ -109,7 +110,7 @@ class LiveStreams:
         self.active = None  # the Session, or None
         self._lock = threading.RLock()  # guards `active` and in_flight (the model has its own lock)
 
-    def start(self, key, size=None, precision=choices.DEFAULT_PRECISION):
+    def start(self, key, size=None, precision=C.DEFAULT_PRECISION):
         """A new Session (StreamBusy while another one holds its lease). Loads the model and runs it once
         at the stream's size, so the first frame is not slowed by loading and tracing."""
         self.models.choice(key)
@@ -190,8 +191,8 @@ class LiveStreams:
 
 def offered():
     """What the page's live controls offer (part of /api/config)."""
-    return {"sizes": list(SIZES), "default_size": DEFAULT_SIZE, "precisions": list(choices.PRECISIONS),
-            "default_precision": choices.DEFAULT_PRECISION, "lease_seconds": LEASE_SECONDS}
+    return {"sizes": list(SIZES), "default_size": DEFAULT_SIZE, "precisions": list(C.PRECISIONS),
+            "default_precision": C.DEFAULT_PRECISION, "lease_seconds": LEASE_SECONDS}
 
 
 def answer_error(e):
@@ -220,7 +221,7 @@ class LiveRoutes:
         form = request.form
         try:
             session = self.streams.start(form.get("model", ""), form.get("size"),
-                                         form.get("precision") or choices.DEFAULT_PRECISION)
+                                         form.get("precision") or C.DEFAULT_PRECISION)
         except USER_ERRORS as e:
             return answer_error(e)
         choice = self.streams.models.choice(session.key)

@@ -86,6 +86,7 @@ class Page:
         return jsonify({
             "models": [c.as_json() for c in self.models.choices.values()],
             "brightness_modes": list(inference.BRIGHTNESS_MODES),
+            "precisions": list(C.PRECISIONS),
             "max_side": self.models.max_side,
             "min_side": C.MIN_SIDE,
             "max_upload_bytes": self.max_upload_bytes,
@@ -102,14 +103,16 @@ class Page:
         form = request.form
         key, adjust, cap = form.get("model", ""), form.get("adjust", "none"), form.get("max_side")
         faces = form.get("faces") == "1"  # face mode (stylize --faces)
+        precision = form.get("precision") or "float32"
         try:
             self.models.choice(key)
+            self.models.runtime_for(precision)
             inference.brightness_mode(adjust)
             if image_io.is_video_path(name):
-                return self.start_video(upload, name, key, adjust, cap, faces)
+                return self.start_video(upload, name, key, adjust, cap, faces, precision)
             started = time.monotonic()
             photo, result, loaded, said = uploads.stylize_image(self.models, key, upload.read(), name, adjust, cap,
-                                                                faces)
+                                                                faces, precision)
         except USER_ERRORS as e:
             return error(str(e))
         seconds = time.monotonic() - started
@@ -117,14 +120,14 @@ class Page:
         stem = pathlib.PurePath(name).stem or "image"
         return jsonify({
             "kind": "image", "id": rid, "name": name, "height": int(photo.shape[0]), "width": int(photo.shape[1]),
-            "seconds": round(seconds, 3), "model_loaded": loaded, "faces": said,
+            "seconds": round(seconds, 3), "model_loaded": loaded, "faces": said, "precision": precision,
             "photo": self.results.add(rid, "photo.jpg", uploads.photo_preview(photo), "image/jpeg"),
             "result": self.results.add(rid, "anime.png", uploads.encode(result, ".png"), "image/png",
                                        f"{stem}_anime.png"),
             "download_name": f"{stem}_anime.png",
         })
 
-    def start_video(self, upload, name, key, adjust, cap, faces=False):
+    def start_video(self, upload, name, key, adjust, cap, faces=False, precision="float32"):
         """Saves the uploaded video and stylizes it in a background thread; answers with its job."""
         rid, folder = self.results.new()
         suffix = pathlib.PurePath(name).suffix.lower()
@@ -137,14 +140,15 @@ class Page:
         destination = folder / "out" / f"{stem}_anime.mp4"
         job = VideoJob(name=name, frames=uploads.frame_count(source))
         self.jobs[rid] = job
-        threading.Thread(target=self.video_work, args=(rid, job, key, source, destination, suffix, adjust, cap, faces),
+        threading.Thread(target=self.video_work,
+                         args=(rid, job, key, source, destination, suffix, adjust, cap, faces, precision),
                          name=f"video-{rid}", daemon=True).start()
         return jsonify({"kind": "video", "job": rid, "name": name, "frames": job.frames})
 
-    def video_work(self, rid, job, key, source, destination, suffix, adjust, cap, faces=False):
+    def video_work(self, rid, job, key, source, destination, suffix, adjust, cap, faces=False, precision="float32"):
         """The background thread of a video job: stylize, then keep the files to show."""
         try:
-            uploads.run_video_job(self.models, key, job, source, destination, adjust, cap, faces)
+            uploads.run_video_job(self.models, key, job, source, destination, adjust, cap, faces, precision)
             if not job.error:
                 job.result = self.video_result(rid, source, destination, suffix)
         except Exception as e:  # noqa: BLE001 - a bug: logged, said in the page, the server lives on

@@ -175,22 +175,23 @@ class VideoJob:
         return out
 
 
-def stylize_image(models, key, data, filename, adjust="none", cap=None, faces=False):
+def stylize_image(models, key, data, filename, adjust="none", cap=None, faces=False, precision="float32"):
     """Encoded bytes -> (photo RGB, result RGB, whether the model was loaded for it, face mode's sentence
     or None) as the command does it (faces: `stylize --faces`, the model's own faces pasted over its
-    result); ImageError / ConfigError in one sentence (the command's own) for anything the user can fix."""
+    result; precision: one of constants.PRECISIONS); ImageError / ConfigError in one sentence (the
+    command's own) for anything the user can fix."""
     mode = inference.brightness_mode(adjust)
     if faces:
         face_mode.require_detector()
     name = display_name(filename, "the image")
     with models.lock:
-        loading = not models.is_loaded(key)
-        stylizer = models.get(key)
+        loading = not models.is_loaded(key, precision)
+        stylizer = models.get(key, precision)
     check = size_checker(parse_cap(cap, stylizer.max_side))
     image = image_io.decode_image(data, name, check_size=check)  # the size in the header first
     check(image.shape[0], image.shape[1], name)  # the EXIF orientation may have turned it
     with models.lock:
-        result = models.run(key, image[None])[0][0]
+        result = models.run(key, image[None], precision)[0][0]
         said = None
         if faces:
             result, count = face_mode.FaceMode(stylizer).apply(image, result)
@@ -200,30 +201,31 @@ def stylize_image(models, key, data, filename, adjust="none", cap=None, faces=Fa
     return image, result, loading, said
 
 
-def estimate_video_seconds(models, key, job, first):
+def estimate_video_seconds(models, key, job, first, precision="float32"):
     """Sets job.expected_seconds: run() loads the model and traces its graph again (as long as they
     took here), then runs each frame (timed on the first, once traced). Call with `models.lock` held."""
-    models.run(key, first[None])
-    per_frame = models.run(key, first[None])[1]
-    job.expected_seconds = (models.load_seconds.get(key, 0.0) + models.first_call_seconds[key]
+    models.run(key, first[None], precision)
+    per_frame = models.run(key, first[None], precision)[1]
+    job.expected_seconds = (models.load_seconds.get((key, precision), 0.0) + models.first_call_seconds[key, precision]
                             + per_frame * max(job.frames, 1))
 
 
-def run_video_job(models, key, job, source, destination, adjust="none", cap=None, faces=False):
+def run_video_job(models, key, job, source, destination, adjust="none", cap=None, faces=False, precision="float32"):
     """Runs `anime_gan.inference.run` on one uploaded video for job (in a background thread); sets
     job.error (the command's sentence) or job.warning, not job.state."""
     try:
         mode = inference.brightness_mode(adjust)
         with models.lock:
             job.state, job.running_since = "running", time.monotonic()
-            stylizer = models.get(key)
+            stylizer = models.get(key, precision)
             cap = parse_cap(cap, stylizer.max_side)
             first = first_frame(source)
             if first is not None:
                 size_checker(cap)(*first.shape[:2], job.name)
-                estimate_video_seconds(models, key, job, first)
+                estimate_video_seconds(models, key, job, first, precision)
             summary = inference.run(models.choice(key).path, str(source), str(destination), adjust=mode,
-                                    max_side=cap, show_progress=False, faces=faces)
+                                    max_side=cap, show_progress=False, runtime=models.runtime_for(precision),
+                                    precision=precision, faces=faces)
     except USER_ERRORS as e:
         job.error = str(e).replace(str(source), job.name)
     except Exception as e:  # noqa: BLE001 - a bug: logged with its traceback, said in the page, server lives on

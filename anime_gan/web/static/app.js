@@ -70,6 +70,13 @@ async function init() {
     option.textContent = m.label;
     select.append(option);
   }
+  const precision = $("precision");
+  for (const p of config.precisions) {
+    const option = element("option", { value: p });
+    option.textContent = p;
+    precision.append(option);
+  }
+  precision.addEventListener("change", rerunImage);
   const cap = $("max_side");
   cap.min = config.min_side;
   cap.max = config.max_side;
@@ -129,6 +136,7 @@ async function submit(file) {
   form.append("file", file, name);
   form.append("model", $("model").value);
   form.append("adjust", $("adjust").value);
+  form.append("precision", $("precision").value);
   form.append("max_side", $("max_side").value);
   form.append("faces", $("faces").checked ? "1" : "0");
   let answer;
