@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("flask")
 
+from anime_gan import constants as C  # noqa: E402
 from anime_gan.web import choices, live  # noqa: E402
 from anime_gan.web import server as web_server  # noqa: E402
 from helpers import max_diff, read_rgb, seeded_generator, textured, write_rgb  # noqa: E402
@@ -145,7 +146,8 @@ def test_bad_frames_and_streams_get_one_sentence(server, streams):
     client = Client(server)
     assert client.start(size=300) == (400, {"error": "the live size must be one of 128, 192, 256, 384, 512 pixels, "
                                                      "not '300'."})
-    assert client.start(precision="int8") == (400, {"error": "precision 'int8' is not offered here; use float32."})
+    assert client.start(precision="bfloat16") == (400, {"error": "no precision 'bfloat16' on this page; pick one of "
+                                                              f"{', '.join(C.PRECISIONS)}."})
     assert client.start(model="m7")[1]["error"].startswith("no model 'm7' on this page; pick one of the list")
     assert streams.active is None  # none of them holds the camera
 
