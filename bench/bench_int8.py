@@ -39,18 +39,14 @@ def generators():
     """{arch: (generator, what its weights are)}."""
     import keras
 
-    from anime_gan.nets import GeneratorV2, build_generator
+    from anime_gan.nets import build_generator
     from references import v2_reference as R
 
     out = {}
     keras.utils.set_random_seed(0)
     out["v1"] = (build_generator("float32"), "random weights (seed 0)")
     if os.path.isfile(R.REFERENCE_V2):
-        g = GeneratorV2()
-        g.build()
-        weights = R.official_weights(R.interpreter())
-        for name, variable in g.tf1_variable_map().items():
-            variable.assign(weights[name])
+        g = R.official_generator()
         out["v2"] = (g, "real AnimeGANv2 Hayao weights")
     else:
         out["v2"] = (build_generator("float32", arch="v2"), f"random weights (seed 0): {R.SKIP_REASON}")

@@ -213,3 +213,15 @@ def tf1_reference_graph(seed):
     session = v1.Session(graph=graph)
     session.run(init)
     return session, saver, x, y
+
+
+def official_generator():
+    """Our float32 GeneratorV2 holding the official Hayao weights, dequantised from the reference."""
+    from anime_gan.nets import GeneratorV2
+
+    g = GeneratorV2()
+    g.build()
+    weights = official_weights(interpreter())
+    for name, variable in g.tf1_variable_map().items():
+        variable.assign(weights[name])
+    return g

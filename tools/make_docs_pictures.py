@@ -29,19 +29,9 @@ def hayao_v2_generator():
     """The AnimeGANv2 generator (float32) holding the official Hayao weights of the reference."""
     from references import v2_reference as R
 
-    from anime_gan.nets import build_generator
-
     if not os.path.exists(R.REFERENCE_V2):
         sys.exit(f"error: {R.SKIP_REASON}")
-    weights = R.official_weights(R.interpreter())
-    generator = build_generator(policy="float32", arch="v2")
-    variables = generator.tf1_variable_map()
-    if set(variables) != set(weights):
-        sys.exit(f"error: the reference's names do not match the generator's: "
-                 f"{sorted(set(variables) ^ set(weights))[:5]}")
-    for name, variable in variables.items():
-        variable.assign(weights[name])
-    return generator
+    return R.official_generator()
 
 
 def square_photo(name):

@@ -146,13 +146,8 @@ BOUNDS_DB = {"float16": 60.0, "int8": 42.0, "int8_full": 28.0}
 def hayao():
     if not os.path.isfile(R.REFERENCE_V2):
         pytest.skip(R.SKIP_REASON)
-    from anime_gan.nets.generator_v2 import GeneratorV2
 
-    g = GeneratorV2()
-    g.build()
-    weights = R.official_weights(R.interpreter())
-    for name, var in g.tf1_variable_map().items():
-        var.assign(weights[name])
+    g = R.official_generator()
     held_out = np.stack(R.photos(size=256, names=HELD_OUT))
     return g, held_out, StylizeModule(g)(held_out).numpy()
 

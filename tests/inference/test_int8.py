@@ -56,13 +56,8 @@ def hayao_v2(tmp_path_factory):
         pytest.skip(R.SKIP_REASON)
     pytest.importorskip("skimage")
     from anime_gan import save_generator
-    from anime_gan.nets import GeneratorV2
 
-    g = GeneratorV2()
-    g.build()
-    weights = R.official_weights(R.interpreter())
-    for name, variable in g.tf1_variable_map().items():
-        variable.assign(weights[name])
+    g = R.official_generator()
     path = tmp_path_factory.mktemp("hayao_v2")
     save_generator(g, path)
     return path

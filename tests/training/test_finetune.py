@@ -207,16 +207,11 @@ def test_one_step_from_the_official_hayao_weights(tiny, photo, tmp_path):
     """The real AnimeGANv2 Hayao weights (the maintainers' reference, dequantised) as init, at
     finetune_v2.cfg's g_lr: one GAN step moves the output by little (50.5 dB here with ch=8's D; 44.7 dB
     with the command's full-width D, docs/training.md)."""
-    from anime_gan.nets import GeneratorV2
     from references import v2_reference as R
 
     if not os.path.isfile(R.REFERENCE_V2):
         pytest.skip(R.SKIP_REASON)
-    g = GeneratorV2()
-    g.build()
-    weights = R.official_weights(R.interpreter())
-    for name, variable in g.tf1_variable_map().items():
-        variable.assign(weights[name])
+    g = R.official_generator()
     save_generator(g, tmp_path / "hayao-v2-reference")
     result = train(_cfg(tiny, tmp_path / "run", init_from=str(tmp_path / "hayao-v2-reference"), g_lr=1e-5))
     value = psnr(g(photo).numpy(), result.model.generator(photo).numpy())

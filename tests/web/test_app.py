@@ -350,13 +350,8 @@ def test_screenshot_with_the_v2_reference_weights(browser, tmp_path, tmp_path_fa
         pytest.skip(R.SKIP_REASON)
     skimage = pytest.importorskip("skimage")
     from anime_gan import save_generator
-    from anime_gan.nets import GeneratorV2
 
-    g = GeneratorV2()
-    g.build()
-    weights = R.official_weights(R.interpreter())
-    for name, variable in g.tf1_variable_map().items():
-        variable.assign(weights[name])
+    g = R.official_generator()
     model = tmp_path / "hayao-v2-reference"
     save_generator(g, model)
     photo = cv2.imread(os.path.join(os.path.dirname(skimage.__file__), "data", "coffee.png"))[..., ::-1]

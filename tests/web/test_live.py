@@ -295,13 +295,8 @@ def test_screenshot_of_the_live_mode_with_the_v2_reference_weights(browser, tmp_
     if not os.path.isfile(R.REFERENCE_V2):
         pytest.skip(R.SKIP_REASON)
     from anime_gan import save_generator
-    from anime_gan.nets import GeneratorV2
 
-    g = GeneratorV2()
-    g.build()
-    weights = R.official_weights(R.interpreter())
-    for name, variable in g.tf1_variable_map().items():
-        variable.assign(weights[name])
+    g = R.official_generator()
     model = tmp_path / "hayao-v2-reference"
     save_generator(g, model)
     models = choices.Models(choices.find_models([str(model)], directory=tmp_path_factory.mktemp("none")))
