@@ -18,32 +18,10 @@ import pytest
 from anime_gan.errors import ModelError
 from anime_gan.weights import catalogue, install
 from data_prep.report import DataError
-from helpers import LocalServer, random_port_state, write_torch_state_dict
+from helpers import random_port_state, write_torch_state_dict
 
 PORT_PATH = "bryandlee/animegan2-pytorch/raw/main/weights/{}.pt"
 FACE_V2 = PORT_PATH.format("face_paint_512_v2")
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(*args, **kwargs):
-        servers.append(LocalServer(*args, **kwargs))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
-
-
-@pytest.fixture
-def at(tmp_path, monkeypatch):
-    """Runs in tmp_path, so ./checkpoints is the default folder, with no mirror or folder set."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(catalogue.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(catalogue.DIR_ENV, raising=False)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

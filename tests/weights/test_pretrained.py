@@ -22,34 +22,11 @@ from anime_gan.deploy.saved_model import export_saved_model
 from anime_gan.errors import ConfigError, ModelError, OutputExistsError, PathNotFoundError
 from anime_gan.weights import catalogue, install
 from data_prep.report import DataError
-from helpers import LocalServer
 
 V2_PATH = "TachibanaYoshino/AnimeGANv2/raw/master/checkpoint/generator_Hayao_weight/Hayao-64.ckpt"
 V1_PATH = "TachibanaYoshino/AnimeGAN/releases/download/Haoyao-style_V1.0/Haoyao-style.zip"
 INDEX, DATA = V2_PATH + ".index", V2_PATH + ".data-00000-of-00001"
 MAX_ABS = 1e-5  # our generator against the TF1 graph, same process (test_generator_v2, test_generator)
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(*args, **kwargs):
-        servers.append(LocalServer(*args, **kwargs))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
-
-
-@pytest.fixture
-def at(tmp_path, monkeypatch):
-    """Runs in tmp_path, so ./checkpoints is the default folder, with no mirror or folder set."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(catalogue.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(catalogue.DIR_ENV, raising=False)
-    return tmp_path
 
 
 def save_tf1(values, prefix):

@@ -11,21 +11,13 @@ import time
 
 import pytest
 
-from anime_gan.weights import catalogue, install
+from anime_gan.weights import install
 from data_prep.report import DataError
 from helpers import LocalServer, closed_port
 
 V2_PATH = "TachibanaYoshino/AnimeGANv2/raw/master/checkpoint/generator_Hayao_weight/Hayao-64.ckpt"
 FACE_V2 = "bryandlee/animegan2-pytorch/raw/main/weights/face_paint_512_v2.pt"
 UNRESOLVABLE = "anime-gan-tf2-test.invalid"  # .invalid never resolves (RFC 2606)
-
-
-@pytest.fixture
-def at(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(catalogue.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(catalogue.DIR_ENV, raising=False)
-    return tmp_path
 
 
 def timed_download(name, mirror):
