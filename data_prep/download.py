@@ -423,18 +423,25 @@ def safe_extract(zip_path: str, out_dir: str, progress: bool = True, max_total: 
             if info.is_dir():
                 os.makedirs(target, exist_ok=True)
                 continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            try:
-                with zf.open(info) as src, open(target + ".tmp", "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)  # the CRC is checked as the member is read
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-                if os.path.exists(target + ".tmp"):
-                    os.remove(target + ".tmp")
-                raise report.DataError(f"{zip_path} is damaged at {info.filename!r} ({e}); delete it and "
-                                       "download again.") from None
-            os.replace(target + ".tmp", target)
+            # the CRC is checked as the member is read
+            write_member(lambda: zf.open(info), target, zip_path, info.filename, (zipfile.BadZipFile,))
             written.append(target)
     return written
+
+
+def write_member(open_member, target: str, archive: str, name: str, errors: tuple = ()) -> None:
+    """Copies the archive member that open_member() opens to target through target + ".tmp" (no half
+    file is ever left under its name); a read error (OSError, EOFError, zlib.error or one of errors)
+    is one DataError naming the archive and the member."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        with open_member() as src, open(target + ".tmp", "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    except (OSError, EOFError, zlib.error, *errors) as e:
+        if os.path.exists(target + ".tmp"):
+            os.remove(target + ".tmp")
+        raise report.DataError(f"{archive} is damaged at {name!r} ({e}); delete it and download again.") from None
+    os.replace(target + ".tmp", target)
 
 
 def verify_layout(dataset_dir: str, styles: list[str] | None = None,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import shutil
 import tarfile
 import zlib
 
@@ -202,16 +201,8 @@ def unpack(path: str, style_dir: str, progress: bool = True, before_write=None) 
                 os.makedirs(target, exist_ok=True)
                 continue
             target = _unique(target, taken, path, m.name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            try:
-                with tf.extractfile(m) as src, open(target + ".tmp", "wb") as dst:
-                    shutil.copyfileobj(src, dst, download.CHUNK)
-            except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
-                if os.path.exists(target + ".tmp"):
-                    os.remove(target + ".tmp")
-                raise report.DataError(f"{path} is damaged at {m.name!r} ({e}); delete it and download "
-                                       "again.") from None
-            os.replace(target + ".tmp", target)
+            download.write_member(lambda: tf.extractfile(m), target, path, m.name,
+                                  (tarfile.TarError, gzip.BadGzipFile))
             written.append(target)
     return written
 
